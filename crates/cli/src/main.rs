@@ -1,0 +1,349 @@
+//! `denoise`: train image denoisers, evaluate them, denoise images.
+//!
+//! The command-line edge of the workspace: it parses flags, picks the device, finds or
+//! downloads the data, and maps every failure to a message and a non-zero exit code in one
+//! place (`main`). All the work is done by the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use denoise_data::{download, LoadOptions, Splits};
+use denoise_model::Model;
+use denoise_trainer::{eval, TrainConfig, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "denoise", version, about = "Train image denoisers on CIFAR-10 or your own images, evaluate them, denoise images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a denoiser (downloads CIFAR-10 into the cache folder when no --data is given).
+    Train(TrainArgs),
+    /// PSNR and SSIM of a model on the test images at several noise levels.
+    Eval(EvalArgs),
+    /// Denoise an image file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// A folder with the CIFAR-10 binary files (or `cifar-10-batches-bin/` inside), or a folder
+    /// of PNG/JPEG images (`train/` and `test/` with class folders, or any tree). Default: the
+    /// cache folder, downloaded into when empty.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Center-crop images larger than the dataset's image size instead of refusing them.
+    #[arg(long)]
+    crop: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder: best.safetensors, last.safetensors, metrics.jsonl, steps.csv, loss.png.
+    #[arg(long, default_value = "runs/seed-unet")]
+    out: PathBuf,
+    /// A TOML or JSON file with any of the training keys; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its last.safetensors.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Network architecture.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Width of the network's first level (default 64, the original network).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Stop after this many optimizer steps in total (counting earlier runs when resuming).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Stop after this many seconds of training in this run.
+    #[arg(long)]
+    time_budget: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// StepLR period in epochs.
+    #[arg(long)]
+    lr_step: Option<usize>,
+    /// StepLR factor.
+    #[arg(long)]
+    lr_gamma: Option<f64>,
+    /// Early-stopping patience in validations (0: off).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Weight of (1 - SSIM) in the loss; L1 gets the rest.
+    #[arg(long)]
+    ssim_weight: Option<f64>,
+    /// Lowest training noise level, in 0..255 units.
+    #[arg(long)]
+    sigma_min: Option<f64>,
+    /// Highest training noise level, in 0..255 units.
+    #[arg(long)]
+    sigma_max: Option<f64>,
+    /// Turn off random horizontal flips.
+    #[arg(long)]
+    no_flip: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also validate every N steps.
+    #[arg(long)]
+    val_every: Option<u64>,
+    /// Validate on at most N images.
+    #[arg(long)]
+    val_limit: Option<usize>,
+    /// Log a line every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The checkpoint to evaluate (best.safetensors or last.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Noise levels in 0..255 units, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "15,25,50")]
+    sigmas: Vec<f64>,
+    /// Evaluate the first N/10 test images of each class (file order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a PNG grid of noisy / denoised / clean images.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The noisy image (PNG or JPEG).
+    #[arg(long)]
+    image: PathBuf,
+    /// The model checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// Where to write the denoised image (.png or .jpg).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+fn pick_device(d: DeviceArg) -> Result<Device> {
+    match d {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            if !cfg!(feature = "cuda") {
+                bail!("--device cuda: this build of denoise has no CUDA support; rebuild with `--features cuda` (see docs/gpu.md)");
+            }
+            Device::new_cuda(0).context("--device cuda: no usable CUDA GPU")
+        }
+        DeviceArg::Auto => {
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
+    let opts = LoadOptions { crop: args.crop, size: None };
+    let path = match &args.data {
+        Some(p) => p.clone(),
+        None => {
+            let dir = denoise_data::default_data_dir();
+            tracing::info!("no --data: using {}", dir.display());
+            download::ensure_cifar10(&dir, progress)?
+        }
+    };
+    let splits = denoise_data::load(&path, &opts).with_context(|| format!("reading the dataset in {}", path.display()))?;
+    Ok(splits)
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => TrainConfig::from_file(p)?,
+        None if a.resume => match denoise_trainer::read_state(&a.out)? {
+            Some(state) => state.config,
+            None => TrainConfig::default(),
+        },
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f.clone() { c.$f = v; })* };
+    }
+    set!(arch, epochs, batch, lr, weight_decay, lr_step, lr_gamma, patience, ssim_weight, sigma_min, sigma_max, seed, log_every);
+    if a.width.is_some() {
+        c.width = a.width;
+    }
+    if a.max_steps.is_some() {
+        c.max_steps = a.max_steps;
+    }
+    if a.time_budget.is_some() {
+        c.time_budget_secs = a.time_budget;
+    }
+    if a.val_every.is_some() {
+        c.val_every = a.val_every;
+    }
+    if a.val_limit.is_some() {
+        c.val_limit = a.val_limit;
+    }
+    if a.no_flip {
+        c.flip = false;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let config = train_config(&a)?;
+    let device = pick_device(a.device)?;
+    let data = load_data(&a.data, is_tty())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current step and saving (Ctrl-C again to quit now)");
+        });
+    }
+    let opts = TrainOptions { resume: a.resume, progress: is_tty(), stop };
+    let s = denoise_trainer::train(&config, &data, &a.out, &device, &opts)?;
+    let st = &s.state;
+    let best = st.early.best.map_or("-".into(), |b| format!("{b:.4}"));
+    println!(
+        "stopped by {}: {} steps ({} images) in {:.0} s; best validation loss {best}; checkpoints in {}",
+        s.stopped_by,
+        st.global_step,
+        st.images_seen,
+        st.elapsed_secs,
+        s.out_dir.display()
+    );
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let device = pick_device(a.device)?;
+    if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+        bail!("--sigmas: expected non-negative numbers such as 15,25,50");
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let model = Model::load(&a.model, &device).with_context(|| format!("loading the model {}", a.model.display()))?;
+    let data = load_data(&a.data, is_tty())?;
+    let test = match a.limit {
+        Some(0) => bail!("--limit must be at least 1"),
+        Some(n) => data.test.first_per_class(n.div_ceil(10)),
+        None => data.test,
+    };
+    if test.h % model.size_multiple() != 0 || test.w % model.size_multiple() != 0 {
+        bail!("the test images are {}x{}; this model needs sides that are multiples of {}", test.w, test.h, model.size_multiple());
+    }
+    let results = eval::evaluate(&model, &test, &a.sigmas, a.seed, a.batch, &device, is_tty())?;
+    println!("model {} ({}), {} test images, noise seed {}", a.model.display(), model.config().arch(), test.n, a.seed);
+    print!("{}", eval::table(&results));
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "arch": model.config().arch(),
+            "images": test.n,
+            "seed": a.seed,
+            "results": results,
+        });
+        denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.grid {
+        eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path).with_context(|| format!("writing {}", path.display()))?;
+        println!("grid: {}", path.display());
+    }
+    Ok(())
+}
+
+fn output_format(path: &Path) -> Result<image::ImageFormat> {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("png") => Ok(image::ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(image::ImageFormat::Jpeg),
+        _ => bail!("--out {}: expected a .png or .jpg file name", path.display()),
+    }
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let format = output_format(&a.out)?;
+    let device = pick_device(a.device)?;
+    let model = Model::load(&a.model, &device).with_context(|| format!("loading the model {}", a.model.display()))?;
+    let (chw, h, w) = denoise_data::folder::read_rgb(&a.image, None, false)?;
+    let x: Vec<f32> = chw.iter().map(|&p| p as f32 / 255.0).collect();
+    let x = Tensor::from_vec(x, (1, 3, h, w), &Device::Cpu)?.to_device(&device)?;
+    let y = model.denoise_any_size(&x)?.to_device(&Device::Cpu)?;
+    let img = eval::to_rgb(&y.get(0)?)?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+    denoise_model::checkpoint::write_atomic(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("denoised {} ({w}x{h}) -> {}", a.image.display(), a.out.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let result = match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Generate(a) => cmd_generate(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Folders of PNG/JPEG images: `train/` and `test/` with class folders inside (as the JPEG copy
+//! of CIFAR-10 is laid out), class folders alone, or a flat folder of images.
+//!
+//! Files are taken in sorted file-name order, classes in sorted folder-name order. The
+//! validation set is the last 10 % of each class of the training images.
+
+use std::path::{Path, PathBuf};
+
+use crate::{io_err, DataError, ImageSet, LoadOptions, Result, Splits};
+
+const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// True when `dir` holds at least one image file, at any depth.
+pub fn has_images(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else { return false };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            has_images(&p)
+        } else {
+            is_image(&p)
+        }
+    })
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(io_err(dir))?.flatten().map(|e| e.path()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// All image files under `dir`, recursively, sorted by path.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in sorted_entries(dir)? {
+        if p.is_dir() {
+            out.extend(list_images(&p)?);
+        } else if is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `(class name, files)` for a folder: one class per subfolder, or one class for a flat folder.
+fn classes(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let entries = sorted_entries(dir)?;
+    let mut out = Vec::new();
+    let flat: Vec<PathBuf> = entries.iter().filter(|p| p.is_file() && is_image(p)).cloned().collect();
+    if !flat.is_empty() {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push((name, flat));
+    }
+    for p in entries.iter().filter(|p| p.is_dir()) {
+        let files = list_images(p)?;
+        if !files.is_empty() {
+            out.push((p.file_name().unwrap().to_string_lossy().into_owned(), files));
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes an image file to RGB bytes in CHW order, checking (or center-cropping to) a size.
+pub fn read_rgb(path: &Path, size: Option<(usize, usize)>, crop: bool) -> Result<(Vec<u8>, usize, usize)> {
+    let img = image::open(path).map_err(|e| DataError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    if let Some((want_h, want_w)) = size {
+        if (h, w) != (want_h, want_w) {
+            if crop && h >= want_h && w >= want_w {
+                let (x0, y0) = ((w - want_w) / 2, (h - want_h) / 2);
+                rgb = image::imageops::crop_imm(&rgb, x0 as u32, y0 as u32, want_w as u32, want_h as u32).to_image();
+            } else {
+                return Err(DataError::WrongImageSize {
+                    path: path.to_path_buf(),
+                    found_w: w as u32,
+                    found_h: h as u32,
+                    want_w: want_w as u32,
+                    want_h: want_h as u32,
+                });
+            }
+        }
+    }
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut chw = vec![0u8; 3 * h * w];
+    for (i, p) in rgb.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * h * w + i] = p.0[c];
+        }
+    }
+    Ok((chw, h, w))
+}
+
+/// Reads `files` (with their labels) into an image set, on all cores.
+pub fn read_set(files: &[(PathBuf, u16)], size: (usize, usize), crop: bool, classes: Vec<String>) -> Result<ImageSet> {
+    let (h, w) = size;
+    let len = 3 * h * w;
+    let mut pixels = vec![0u8; files.len() * len];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pixels
+            .chunks_mut(chunk * len)
+            .zip(files.chunks(chunk))
+            .map(|(out, files)| {
+                s.spawn(move || -> Result<()> {
+                    for ((path, _), dst) in files.iter().zip(out.chunks_mut(len)) {
+                        let (img, _, _) = read_rgb(path, Some(size), crop)?;
+                        dst.copy_from_slice(&img);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().expect("image reader thread panicked"))
+    })?;
+    Ok(ImageSet { pixels, labels: files.iter().map(|f| f.1).collect(), n: files.len(), c: 3, h, w, classes })
+}
+
+fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
+    classes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, files))| files.iter().map(move |f| (f.clone(), i as u16)))
+        .collect()
+}
+
+/// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
+/// the whole folder is both the pool for training and the test set.
+pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
+    let (train_dir, test_dir) = if dir.join("train").is_dir() && dir.join("test").is_dir() {
+        (dir.join("train"), dir.join("test"))
+    } else if dir.join("train").is_dir() {
+        (dir.join("train"), dir.join("train"))
+    } else {
+        (dir.to_path_buf(), dir.to_path_buf())
+    };
+    let train_classes = classes(&train_dir)?;
+    let first = train_classes.first().and_then(|c| c.1.first()).ok_or_else(|| DataError::Empty { path: train_dir.clone() })?;
+    let size = match opts.size {
+        Some(s) => s,
+        None => {
+            let (_, h, w) = read_rgb(first, None, false)?;
+            (h, w)
+        }
+    };
+    let names: Vec<String> = train_classes.iter().map(|c| c.0.clone()).collect();
+    // Last 10 % of each class (at least one image when a class has two or more) for validation.
+    let mut train_files = Vec::new();
+    let mut val_files = Vec::new();
+    for (i, (_, files)) in train_classes.iter().enumerate() {
+        let n_val = if files.len() >= 2 { (files.len() / 10).max(1) } else { 0 };
+        let split = files.len() - n_val;
+        train_files.extend(files[..split].iter().map(|f| (f.clone(), i as u16)));
+        val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));
+    }
+    let train = read_set(&train_files, size, opts.crop, names.clone())?;
+    let val = read_set(&val_files, size, opts.crop, names.clone())?;
+    let test = if test_dir == train_dir {
+        read_set(&labeled(&train_classes), size, opts.crop, names)?
+    } else {
+        let test_classes = classes(&test_dir)?;
+        // Test labels follow the training class names where they match.
+        let tnames: Vec<String> = test_classes.iter().map(|c| c.0.clone()).collect();
+        read_set(&labeled(&test_classes), size, opts.crop, tnames)?
+    };
+    Ok(Splits {
+        description: format!(
+            "image folder {}: {} train, {} validation, {} test images of {}x{} in {} classes",
+            dir.display(),
+            train.n,
+            val.n,
+            test.n,
+            size.1,
+            size.0,
+            train.classes.len()
+        ),
+        train,
+        val,
+        test,
+    })
+}

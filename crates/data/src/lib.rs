@@ -1,0 +1,192 @@
+//! Datasets for `denoise`: where clean images come from and how they become training batches.
+//!
+//! `denoise-data` reads the official CIFAR-10 binary release (and downloads it, checked, when it
+//! is absent), reads folders of PNG/JPEG images (such as the JPEG copy of CIFAR-10), splits
+//! off a fixed validation set, and turns clean images into seeded, noisy training batches on a
+//! background thread. Images are kept in memory as `u8` CHW arrays; batches are `f32` in
+//! `[0, 1]`. It knows nothing of models, losses or devices: it hands out plain `Vec<f32>` batches.
+
+pub mod batch;
+pub mod cifar;
+pub mod download;
+pub mod folder;
+pub mod noise;
+
+use std::path::{Path, PathBuf};
+
+pub use batch::{Batch, BatchConfig, Batcher};
+
+/// What can go wrong while finding, downloading or reading a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: expected {expected} bytes ({what}), found {found}")]
+    BadSize { path: PathBuf, expected: u64, found: u64, what: String },
+    #[error("{path}: missing (expected {what})")]
+    Missing { path: PathBuf, what: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot decode image: {reason}")]
+    Image { path: PathBuf, reason: String },
+    #[error("{path}: image is {found_w}x{found_h}, the dataset's images are {want_w}x{want_h} (pass the crop option to center-crop larger images)")]
+    WrongImageSize { path: PathBuf, found_w: u32, found_h: u32, want_w: u32, want_h: u32 },
+    #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no PNG or JPEG images found")]
+    Empty { path: PathBuf },
+    #[error("downloading {url} failed: {reason}\n{help}")]
+    Download { url: String, reason: String, help: String },
+    #[error("{path}: checksum mismatch: md5 {found}, expected {expected}")]
+    Checksum { path: PathBuf, expected: String, found: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// Clean images in memory: `n` images of `c x h x w` bytes each (CHW), with optional labels.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSet {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u16>,
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Class names, indexed by label (empty when unlabeled).
+    pub classes: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// The bytes of image `i` (CHW).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let l = self.image_len();
+        &self.pixels[i * l..(i + 1) * l]
+    }
+
+    /// A new set holding the images at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> ImageSet {
+        let mut pixels = Vec::with_capacity(idx.len() * self.image_len());
+        let mut labels = Vec::with_capacity(idx.len());
+        for &i in idx {
+            pixels.extend_from_slice(self.image(i));
+            if !self.labels.is_empty() {
+                labels.push(self.labels[i]);
+            }
+        }
+        ImageSet { pixels, labels, n: idx.len(), classes: self.classes.clone(), ..*self }
+    }
+
+    /// The first `per_class` images of each class, in file order, classes in label order.
+    /// Unlabeled sets give their first `per_class * 10` images.
+    pub fn first_per_class(&self, per_class: usize) -> ImageSet {
+        if self.labels.is_empty() {
+            let idx: Vec<usize> = (0..self.n.min(per_class * 10)).collect();
+            return self.select(&idx);
+        }
+        let n_classes = self.labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let mut idx = Vec::new();
+        for class in 0..n_classes {
+            idx.extend(
+                (0..self.n).filter(|&i| self.labels[i] as usize == class).take(per_class),
+            );
+        }
+        self.select(&idx)
+    }
+
+    /// Image `i` as `f32` in `[0, 1]` (CHW).
+    pub fn image_f32(&self, i: usize) -> Vec<f32> {
+        self.image(i).iter().map(|&p| p as f32 / 255.0).collect()
+    }
+}
+
+/// Train, validation and test images of a dataset.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: ImageSet,
+    pub val: ImageSet,
+    pub test: ImageSet,
+    /// What was read, for logs.
+    pub description: String,
+}
+
+/// How a folder given as `--data` is read.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Center-crop larger images to the training size instead of refusing them.
+    pub crop: bool,
+    /// The training size `(h, w)`; by default the size of the first image.
+    pub size: Option<(usize, usize)>,
+}
+
+/// What kind of dataset a folder holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The CIFAR-10 binary release; the path is the folder holding `data_batch_1.bin`.
+    CifarBinary(PathBuf),
+    /// A tree of image files.
+    Folder(PathBuf),
+}
+
+/// Tells apart a CIFAR-10 binary folder (the files, or a `cifar-10-batches-bin` folder with
+/// them) and an image folder, by what is inside. `None` when the folder has neither.
+pub fn detect(path: &Path) -> Option<Source> {
+    for dir in [path.to_path_buf(), path.join(cifar::BIN_DIR)] {
+        if dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists() {
+            return Some(Source::CifarBinary(dir));
+        }
+    }
+    if folder::has_images(path) {
+        return Some(Source::Folder(path.to_path_buf()));
+    }
+    None
+}
+
+/// Loads the splits of whatever dataset `path` holds.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Splits> {
+    if !path.exists() {
+        return Err(DataError::Missing {
+            path: path.to_path_buf(),
+            what: "a folder with the CIFAR-10 binary files or with PNG/JPEG images".into(),
+        });
+    }
+    match detect(path) {
+        Some(Source::CifarBinary(dir)) => cifar::load_splits(&dir),
+        Some(Source::Folder(dir)) => folder::load_splits(&dir, opts),
+        None => Err(DataError::Empty { path: path.to_path_buf() }),
+    }
+}
+
+/// The default data folder: `<cache dir>/denoise/cifar10` (`~/.cache/denoise/cifar10` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("denoise").join("cifar10")
+}
+
+#[cfg(feature = "candle-datasets")]
+/// Converts the splits into candle-datasets' vision dataset (`u8` tensors, NCHW).
+pub fn to_candle_dataset(s: &Splits) -> candle_core::Result<candle_datasets::vision::Dataset> {
+    use candle_core::{Device, Tensor};
+    let t = |set: &ImageSet| -> candle_core::Result<(Tensor, Tensor)> {
+        let x = Tensor::from_vec(set.pixels.clone(), (set.n, set.c, set.h, set.w), &Device::Cpu)?;
+        let y: Vec<u8> = set.labels.iter().map(|&l| l as u8).collect();
+        Ok((x, Tensor::from_vec(y, set.labels.len(), &Device::Cpu)?))
+    };
+    let (train_images, train_labels) = t(&s.train)?;
+    let (test_images, test_labels) = t(&s.test)?;
+    Ok(candle_datasets::vision::Dataset {
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        labels: s.train.classes.len(),
+    })
+}

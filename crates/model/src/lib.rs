@@ -1,0 +1,233 @@
+//! Denoising networks on candle, and the self-describing checkpoints that hold them.
+//!
+//! `denoise-model` builds the networks (`seed-unet`, the original project's U-Net), runs them
+//! forward with seeded dropout, and saves and loads them as safetensors files whose metadata
+//! carries the architecture, so that a checkpoint loads with no architecture flags. Its layers
+//! have correct gradients where candle 0.11's do not (see [`layers`]). It knows nothing of
+//! datasets, losses or optimisers; the trainer stores its own state in the same checkpoint
+//! files through [`checkpoint`].
+
+pub mod checkpoint;
+pub mod layers;
+pub mod params;
+pub mod seed_unet;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::Checkpoint;
+pub use params::{rng, Rng64};
+pub use seed_unet::{SeedUnet, SeedUnetConfig};
+
+/// What can go wrong when building, running, saving or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("image size {h}x{w} is not a multiple of {multiple} (the network downsamples {levels} times)")]
+    BadSize { h: usize, w: usize, multiple: usize, levels: usize },
+    #[error("expected {expected} input channels, got a tensor of shape {shape:?}")]
+    BadChannels { expected: usize, shape: Vec<usize> },
+    #[error("checkpoint {path}: {reason}")]
+    BadCheckpoint { path: String, reason: String },
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Which network, and its shape. Stored as JSON in every checkpoint's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    SeedUnet(SeedUnetConfig),
+}
+
+impl ModelConfig {
+    /// The default configuration of a named architecture (`seed-unet`).
+    pub fn from_arch(arch: &str) -> Option<Self> {
+        match arch {
+            "seed-unet" => Some(Self::SeedUnet(SeedUnetConfig::default())),
+            _ => None,
+        }
+    }
+
+    /// The architectures this build knows.
+    pub const ARCHES: &'static [&'static str] = &["seed-unet"];
+
+    pub fn arch(&self) -> &'static str {
+        match self {
+            Self::SeedUnet(_) => "seed-unet",
+        }
+    }
+}
+
+/// A network of any architecture.
+#[derive(Debug, Clone)]
+pub enum Model {
+    SeedUnet(SeedUnet),
+}
+
+impl Model {
+    /// A freshly initialised network.
+    pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::SeedUnet(c) => Self::SeedUnet(SeedUnet::new(c.clone(), device, seed)?),
+        })
+    }
+
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Self::SeedUnet(m) => ModelConfig::SeedUnet(m.config.clone()),
+        }
+    }
+
+    /// Parameters in a fixed order, with PyTorch-style names.
+    pub fn vars(&self) -> &[(String, Var)] {
+        match self {
+            Self::SeedUnet(m) => m.vars(),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        params::count(self.vars())
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vars()[0].1.device()
+    }
+
+    /// Image sides must be multiples of this.
+    pub fn size_multiple(&self) -> usize {
+        8
+    }
+
+    /// Image channels in and out.
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::SeedUnet(m) => m.config.channels,
+        }
+    }
+
+    /// Checks that `x` is `(N, C, H, W)` with the right channels and a usable size.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != self.channels() {
+            return Err(ModelError::BadChannels { expected: self.channels(), shape: dims.to_vec() });
+        }
+        let m = self.size_multiple();
+        if dims[2] % m != 0 || dims[3] % m != 0 || dims[2] == 0 || dims[3] == 0 {
+            return Err(ModelError::BadSize { h: dims[2], w: dims[3], multiple: m, levels: 3 });
+        }
+        Ok(())
+    }
+
+    /// The denoised image for a noisy batch in `[0, 1]`; dropout is on when `rng` is given.
+    pub fn forward(&self, noisy: &Tensor, rng: Option<&mut Rng64>) -> Result<Tensor> {
+        self.check_input(noisy)?;
+        match self {
+            Self::SeedUnet(m) => m.forward(noisy, rng),
+        }
+    }
+
+    /// Denoises an image of any size `(N, C, H, W)`: reflect-pads H and W up to a multiple of
+    /// [`Model::size_multiple`], runs the network without dropout, crops back and clips to `[0, 1]`.
+    pub fn denoise_any_size(&self, noisy: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = noisy.dims4()?;
+        let m = self.size_multiple();
+        let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
+        let x = reflect_pad(noisy, ph, pw)?;
+        let y = self.forward(&x, None)?;
+        Ok(y.narrow(2, 0, h)?.narrow(3, 0, w)?.clamp(0f32, 1f32)?)
+    }
+
+    /// The weights as named tensors, for a checkpoint.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Overwrites the weights with those of a checkpoint (names and shapes must match).
+    pub fn load_weights(&self, ckpt: &Checkpoint) -> Result<()> {
+        for (name, var) in self.vars() {
+            let t = ckpt.tensor(&format!("model.{name}"))?;
+            if t.dims() != var.dims() {
+                return Err(ModelError::BadCheckpoint {
+                    path: ckpt.path.clone(),
+                    reason: format!(
+                        "tensor model.{name} has shape {:?}, the network expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                });
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the network a checkpoint describes and loads its weights.
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+        let config = ckpt.model_config()?;
+        let model = Self::new(&config, device, 0)?;
+        model.load_weights(ckpt)?;
+        Ok(model)
+    }
+
+    /// Loads a checkpoint file and builds its network.
+    pub fn load(path: &std::path::Path, device: &Device) -> Result<Self> {
+        let ckpt = Checkpoint::load(path)?;
+        Self::from_checkpoint(&ckpt, device)
+    }
+
+    /// Saves the weights and the configuration (atomically) as a model-only checkpoint.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut ckpt = Checkpoint::new(path);
+        ckpt.set_model(self)?;
+        ckpt.save()
+    }
+}
+
+/// Index `i` of a reflected signal of length `n` (`... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...`).
+fn reflect_index(i: usize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let k = i % period;
+    if k < n {
+        k
+    } else {
+        period - k
+    }
+}
+
+/// Pads the bottom and right of `(N, C, H, W)` to `(h, w)` by reflection (as NumPy's `reflect`).
+pub fn reflect_pad(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, h0, w0) = x.dims4()?;
+    let mut x = x.clone();
+    if h > h0 {
+        let idx: Vec<u32> = (0..h).map(|i| reflect_index(i, h0) as u32).collect();
+        x = x.index_select(&Tensor::new(idx, x.device())?, 2)?;
+    }
+    if w > w0 {
+        let idx: Vec<u32> = (0..w).map(|i| reflect_index(i, w0) as u32).collect();
+        x = x.index_select(&Tensor::new(idx, x.device())?, 3)?;
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflection_indices() {
+        let v: Vec<usize> = (0..9).map(|i| reflect_index(i, 4)).collect();
+        assert_eq!(v, [0, 1, 2, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(reflect_index(5, 1), 0);
+    }
+}

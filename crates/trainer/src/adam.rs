@@ -1,0 +1,68 @@
+//! Adam with L2 weight decay added to the gradient, exactly as PyTorch's
+//! `torch.optim.Adam(params, lr, betas, eps, weight_decay)` (not AdamW): its moments and step
+//! count are public so that they go into checkpoints and come back on resume.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
+    }
+}
+
+/// The optimizer: parameters, first and second moments, and the step count.
+pub struct Adam {
+    pub config: AdamConfig,
+    /// `(name, parameter, m, v)` for every parameter.
+    pub state: Vec<(String, Var, Tensor, Tensor)>,
+    pub step: u64,
+}
+
+impl Adam {
+    pub fn new(vars: &[(String, Var)], config: AdamConfig) -> Result<Self> {
+        let state = vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.clone(), v.zeros_like()?, v.zeros_like()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, state, step: 0 })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    /// One update from the gradients of a backward pass. Parameters without a gradient are
+    /// left alone (as PyTorch skips parameters whose `.grad` is `None`).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.config;
+        let t = self.step as i32;
+        let bc1 = 1.0 - beta1.powi(t);
+        let bc2 = 1.0 - beta2.powi(t);
+        let step_size = lr / bc1;
+        let bc2_sqrt = bc2.sqrt();
+        for (_, var, m, v) in self.state.iter_mut() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let p = var.as_tensor();
+            let g = if weight_decay != 0.0 { (g + (p * weight_decay)?)? } else { g.clone() };
+            *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
+            *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
+            let update = (m.div(&denom)? * step_size)?;
+            var.set(&(p - update)?)?;
+        }
+        Ok(())
+    }
+}

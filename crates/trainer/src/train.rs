@@ -1,0 +1,393 @@
+//! The training loop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use denoise_data::batch::{validation_batches, BatchConfig, Batcher};
+use denoise_data::{ImageSet, Splits};
+use denoise_loss::{psnr, MixLoss};
+use denoise_model::{Checkpoint, Model};
+use serde::{Deserialize, Serialize};
+
+use crate::adam::{Adam, AdamConfig};
+use crate::schedule::{EarlyStopping, StepLr};
+use crate::{io_err, Result, TrainConfig, TrainError};
+
+pub const BEST: &str = "best.safetensors";
+pub const LAST: &str = "last.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+pub const STEPS: &str = "steps.csv";
+pub const PLOT: &str = "loss.png";
+
+/// One validation, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub epoch: usize,
+    pub step: u64,
+    /// Mean training loss since the previous validation.
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_psnr: f64,
+    pub lr: f64,
+    pub elapsed_secs: f64,
+    pub images_per_s: f64,
+    pub best: bool,
+}
+
+/// Everything a resume needs besides the tensors. Randomness has no hidden state: batches
+/// draw from `(seed, epoch, batch index)` and dropout from `(seed, step)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub config: TrainConfig,
+    /// The epoch in progress (from 0) and the index of its next batch.
+    pub epoch: usize,
+    pub index: usize,
+    pub global_step: u64,
+    pub images_seen: u64,
+    pub early: EarlyStopping,
+    pub best_step: Option<u64>,
+    /// Training time over all runs, in seconds.
+    pub elapsed_secs: f64,
+    /// True once the epochs are done or early stopping fired.
+    pub finished: bool,
+    pub history: Vec<Record>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub state: TrainState,
+    pub out_dir: PathBuf,
+    pub stopped_by: String,
+}
+
+/// How a run is driven (not part of the recipe).
+#[derive(Clone)]
+pub struct TrainOptions {
+    pub resume: bool,
+    pub progress: bool,
+    /// Set from outside (Ctrl-C) to stop after the current step, saving everything.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { resume: false, progress: false, stop: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+/// Reads the training state of `out_dir/last.safetensors`, if there is one.
+pub fn read_state(out_dir: &Path) -> Result<Option<TrainState>> {
+    let path = out_dir.join(LAST);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let ckpt = Checkpoint::load(&path)?;
+    Ok(Some(state_of(&ckpt)?))
+}
+
+fn state_of(ckpt: &Checkpoint) -> Result<TrainState> {
+    let json = ckpt.metadata.get("denoise.train").ok_or_else(|| TrainError::Resume {
+        path: ckpt.path.clone(),
+        reason: "no training state (`denoise.train` metadata): not a last.safetensors".into(),
+    })?;
+    serde_json::from_str(json)
+        .map_err(|e| TrainError::Resume { path: ckpt.path.clone(), reason: format!("bad training state: {e}") })
+}
+
+fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let shape = b.shape();
+    let noisy = Tensor::from_slice(&b.noisy, shape, &Device::Cpu)?.to_device(device)?;
+    let clean = Tensor::from_slice(&b.clean, shape, &Device::Cpu)?.to_device(device)?;
+    Ok((noisy, clean))
+}
+
+/// Validation loss and PSNR over the fixed validation batches.
+fn validate(model: &Model, set: &ImageSet, cfg: &BatchConfig, loss: &MixLoss, device: &Device) -> Result<(f64, f64)> {
+    let (mut total, mut total_psnr, mut n) = (0f64, 0f64, 0usize);
+    for b in validation_batches(set, cfg) {
+        let (noisy, clean) = to_tensors(&b, device)?;
+        let out = model.forward(&noisy, None)?;
+        total += loss.forward(&out, &clean)?.to_scalar::<f32>()? as f64 * b.n as f64;
+        let db = psnr(&out.clamp(0f32, 1f32)?, &clean, 1.0)?.to_vec1::<f32>()?;
+        total_psnr += db.iter().map(|&v| v.min(100.0) as f64).sum::<f64>();
+        n += b.n;
+    }
+    Ok((total / n.max(1) as f64, total_psnr / n.max(1) as f64))
+}
+
+fn save_checkpoint(path: &Path, model: &Model, adam: Option<&Adam>, state: &TrainState) -> Result<()> {
+    let mut ckpt = Checkpoint::new(path);
+    ckpt.set_model(model)?;
+    ckpt.metadata.insert("denoise.train".into(), serde_json::to_string(state).expect("state serialises"));
+    if let Some(adam) = adam {
+        ckpt.metadata.insert("denoise.adam_step".into(), adam.step.to_string());
+        for (name, _, m, v) in &adam.state {
+            ckpt.insert(&format!("adam.m.{name}"), m)?;
+            ckpt.insert(&format!("adam.v.{name}"), v)?;
+        }
+    }
+    ckpt.save()?;
+    Ok(())
+}
+
+fn append(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+    writeln!(f, "{line}").map_err(io_err(path))
+}
+
+/// Trains a model on `data` into `out_dir` (see the crate docs for the files written).
+pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Device, opts: &TrainOptions) -> Result<TrainSummary> {
+    config.validate()?;
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let model_config = config.model_config().expect("validated");
+    let adam_config = AdamConfig {
+        lr: config.lr,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: config.eps,
+        weight_decay: config.weight_decay,
+    };
+    let last_path = out_dir.join(LAST);
+    let best_path = out_dir.join(BEST);
+
+    // Fresh start or resume.
+    let (model, mut adam, mut state) = if opts.resume && last_path.exists() {
+        let ckpt = Checkpoint::load(&last_path)?;
+        let mut state = state_of(&ckpt)?;
+        let model = Model::from_checkpoint(&ckpt, device)?;
+        if model.config().arch() != config.arch {
+            return Err(TrainError::Resume {
+                path: ckpt.path.clone(),
+                reason: format!("it holds a {} model, the configuration asks for {}", model.config().arch(), config.arch),
+            });
+        }
+        let mut adam = Adam::new(model.vars(), adam_config)?;
+        adam.step = ckpt.metadata.get("denoise.adam_step").and_then(|s| s.parse().ok()).unwrap_or(state.global_step);
+        for (name, var, m, v) in adam.state.iter_mut() {
+            *m = ckpt.tensor(&format!("adam.m.{name}"))?.to_device(device)?.to_dtype(var.dtype())?;
+            *v = ckpt.tensor(&format!("adam.v.{name}"))?.to_device(device)?.to_dtype(var.dtype())?;
+        }
+        state.config = config.clone();
+        state.early.patience = config.patience;
+        tracing::info!(
+            "resuming from {} at epoch {}, step {} ({:.0} s trained so far)",
+            last_path.display(),
+            state.epoch + 1,
+            state.global_step,
+            state.elapsed_secs
+        );
+        (model, adam, state)
+    } else {
+        if opts.resume {
+            tracing::warn!("--resume: no {} yet, starting a new run", last_path.display());
+        } else if last_path.exists() {
+            tracing::warn!("{} exists: starting over (pass --resume to continue it)", last_path.display());
+        }
+        for f in [METRICS, STEPS] {
+            let _ = std::fs::remove_file(out_dir.join(f));
+        }
+        let model = Model::new(&model_config, device, config.seed)?;
+        let adam = Adam::new(model.vars(), adam_config)?;
+        let state = TrainState {
+            config: config.clone(),
+            epoch: 0,
+            index: 0,
+            global_step: 0,
+            images_seen: 0,
+            early: EarlyStopping::new(config.patience),
+            best_step: None,
+            elapsed_secs: 0.0,
+            finished: false,
+            history: Vec::new(),
+        };
+        (model, adam, state)
+    };
+    tracing::info!("{}: {} parameters on {:?}", config.arch, model.num_params(), device);
+    tracing::info!("{}", data.description);
+
+    let val_set = if data.val.n > 0 {
+        let limit = config.val_limit.unwrap_or(data.val.n).min(data.val.n);
+        data.val.select(&(0..limit).collect::<Vec<_>>())
+    } else {
+        tracing::warn!("the dataset has no validation images: validating on the training images");
+        data.train.clone()
+    };
+    if data.train.n == 0 {
+        return Err(TrainError::Config("the dataset has no training images".into()));
+    }
+    let batch_cfg = BatchConfig {
+        batch_size: config.batch,
+        sigma_min: (config.sigma_min / 255.0) as f32,
+        sigma_max: (config.sigma_max / 255.0) as f32,
+        flip: config.flip,
+        seed: config.seed,
+    };
+    let val_cfg = BatchConfig { batch_size: config.batch.max(64), ..batch_cfg.clone() };
+    let loss_fn = MixLoss::new(config.ssim_weight);
+    let sched = StepLr { base_lr: config.lr, step_size: config.lr_step, gamma: config.lr_gamma };
+
+    let steps_per_epoch = denoise_data::batch::steps_per_epoch(data.train.n, config.batch) as u64;
+    let planned = config.epochs as u64 * steps_per_epoch;
+    let total = config.max_steps.map_or(planned, |m| m.min(planned));
+    let bar = if opts.progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_position(state.global_step);
+
+    if state.finished {
+        tracing::info!("this run has already finished (epochs done or stopped early)");
+        bar.finish_and_clear();
+        return Ok(TrainSummary { state, out_dir: out_dir.to_path_buf(), stopped_by: "already finished".into() });
+    }
+
+    let mut batcher = Batcher::start(Arc::new(data.train.clone()), batch_cfg, state.epoch, state.index);
+    let run_start = Instant::now();
+    let elapsed_before = state.elapsed_secs;
+    let (mut loss_sum, mut loss_n) = (0f64, 0u64);
+    let mut window = (Instant::now(), 0u64); // images/s over the last log period
+    let mut stopped_by = String::new();
+
+    loop {
+        // Stop conditions checked before each step.
+        if config.max_steps.is_some_and(|m| state.global_step >= m) {
+            stopped_by = format!("--max-steps {}", config.max_steps.unwrap());
+        } else if config.time_budget_secs.is_some_and(|t| run_start.elapsed().as_secs_f64() >= t) {
+            stopped_by = "time budget".into();
+        } else if opts.stop.load(Ordering::SeqCst) {
+            stopped_by = "interrupted".into();
+        }
+        if !stopped_by.is_empty() {
+            break;
+        }
+
+        let lr = sched.lr(state.epoch);
+        adam.set_lr(lr);
+        let b = batcher.next_batch();
+        debug_assert_eq!((b.epoch, b.index), (state.epoch, state.index));
+        let (noisy, clean) = to_tensors(&b, device)?;
+        let mut drop_rng = denoise_model::rng(denoise_data::noise::mix(&[config.seed, 0x44524f50, state.global_step]));
+        let out = model.forward(&noisy, Some(&mut drop_rng))?;
+        let loss = loss_fn.forward(&out, &clean)?;
+        let grads = loss.backward()?;
+        adam.step(&grads)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(TrainError::Diverged { step: state.global_step + 1, loss: l });
+        }
+        state.global_step += 1;
+        state.images_seen += b.n as u64;
+        state.index += 1;
+        loss_sum += l;
+        loss_n += 1;
+        window.1 += b.n as u64;
+        state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
+
+        let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_prefix(format!("{}/{}", state.epoch + 1, config.epochs));
+        bar.set_message(format!("loss {l:.4} {ips:.1} img/s"));
+        bar.set_position(state.global_step);
+        if state.global_step % config.log_every.max(1) == 0 {
+            append(&out_dir.join(STEPS), &format!("{},{},{l:.6},{lr:e},{ips:.2},{:.1}", state.global_step, state.epoch, state.elapsed_secs))?;
+            tracing::info!(step = state.global_step, epoch = state.epoch + 1, loss = format!("{l:.4}"), img_per_s = format!("{ips:.1}"), "train");
+            window = (Instant::now(), 0);
+        }
+
+        let epoch_done = state.index as u64 >= steps_per_epoch;
+        let periodic = config.val_every.is_some_and(|v| v > 0 && state.global_step % v == 0);
+        if epoch_done {
+            state.epoch += 1;
+            state.index = 0;
+        }
+        if epoch_done || periodic {
+            let stop = validate_and_save(&model, &adam, &mut state, &val_set, &val_cfg, &loss_fn, device, out_dir, &mut loss_sum, &mut loss_n, lr, &bar)?;
+            if stop {
+                stopped_by = format!("early stopping ({} validations without improvement)", config.patience);
+                state.finished = true;
+            } else if state.epoch >= config.epochs {
+                stopped_by = format!("{} epochs done", config.epochs);
+                state.finished = true;
+            }
+            if state.finished {
+                save_checkpoint(&last_path, &model, Some(&adam), &state)?;
+                break;
+            }
+        }
+    }
+    drop(batcher);
+    // A run cut short validates what it has not validated yet, so that best.safetensors exists.
+    if loss_n > 0 || !best_path.exists() {
+        let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
+        validate_and_save(&model, &adam, &mut state, &val_set, &val_cfg, &loss_fn, device, out_dir, &mut loss_sum, &mut loss_n, lr, &bar)?;
+    } else {
+        save_checkpoint(&last_path, &model, Some(&adam), &state)?;
+    }
+    bar.finish_and_clear();
+    if let Err(e) = crate::plot::plot_losses(out_dir) {
+        tracing::warn!("could not draw {}: {e}", out_dir.join(PLOT).display());
+    }
+    tracing::info!("stopped: {stopped_by}; step {}, {:.0} s of training", state.global_step, state.elapsed_secs);
+    Ok(TrainSummary { state, out_dir: out_dir.to_path_buf(), stopped_by })
+}
+
+/// Validates, records, saves `best` when it improved and always `last`; returns whether early
+/// stopping fires.
+#[allow(clippy::too_many_arguments)]
+fn validate_and_save(
+    model: &Model,
+    adam: &Adam,
+    state: &mut TrainState,
+    val_set: &ImageSet,
+    val_cfg: &BatchConfig,
+    loss_fn: &MixLoss,
+    device: &Device,
+    out_dir: &Path,
+    loss_sum: &mut f64,
+    loss_n: &mut u64,
+    lr: f64,
+    bar: &indicatif::ProgressBar,
+) -> Result<bool> {
+    bar.set_message("validating");
+    let (val_loss, val_psnr) = validate(model, val_set, val_cfg, loss_fn, device)?;
+    let best = state.early.observe(val_loss);
+    let train_loss = if *loss_n > 0 { *loss_sum / *loss_n as f64 } else { f64::NAN };
+    let elapsed = state.elapsed_secs.max(1e-9);
+    let record = Record {
+        epoch: state.epoch,
+        step: state.global_step,
+        train_loss,
+        val_loss,
+        val_psnr,
+        lr,
+        elapsed_secs: state.elapsed_secs,
+        images_per_s: state.images_seen as f64 / elapsed,
+        best,
+    };
+    append(&out_dir.join(METRICS), &serde_json::to_string(&record).expect("record serialises"))?;
+    state.history.push(record);
+    tracing::info!(
+        step = state.global_step,
+        train_loss = format!("{train_loss:.4}"),
+        val_loss = format!("{val_loss:.4}"),
+        val_psnr = format!("{val_psnr:.2}"),
+        best,
+        "validation"
+    );
+    *loss_sum = 0.0;
+    *loss_n = 0;
+    if best {
+        state.best_step = Some(state.global_step);
+        save_checkpoint(&out_dir.join(BEST), model, None, state)?;
+    }
+    save_checkpoint(&out_dir.join(LAST), model, Some(adam), state)?;
+    Ok(state.early.should_stop())
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask`: the project's tasks, as Rust (see `.cargo/config.toml`).
+//!
+//! - `cargo xtask train|eval|generate [ARGS]`: builds the `denoise` binary in release mode and
+//!   runs the subcommand with ARGS (`--help` for each).
+//! - `cargo xtask ci`: what CI runs: format check, clippy, tests.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds `denoise` in release mode (with `--features` from `DENOISE_FEATURES`) and runs it.
+fn denoise(sub: &str, args: &[String]) -> Result<ExitCode> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "denoise-cli", "--bin", "denoise"]);
+    if let Ok(f) = std::env::var("DENOISE_FEATURES") {
+        if !f.is_empty() {
+            build.args(["--features", &f]);
+        }
+    }
+    run(build)?;
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    let bin = target.join("release").join(format!("denoise{}", std::env::consts::EXE_SUFFIX));
+    let status = Command::new(&bin).arg(sub).args(args).status().with_context(|| format!("running {}", bin.display()))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+fn ci() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt)?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy)?;
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    run(test)
+}
+
+const USAGE: &str = "usage: cargo xtask <train|eval|generate> [ARGS]   (release build of `denoise`, then the subcommand)
+       cargo xtask ci                               (fmt --check, clippy -D warnings, tests)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some(sub @ ("train" | "eval" | "generate")) => denoise(sub, &args[1..]),
+        Some("ci") => ci().map(|_| ExitCode::SUCCESS),
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
