@@ -15,7 +15,11 @@ fn denoise(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     let out = denoise(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "denoise {args:?} failed:\n{text}");
     text
 }
@@ -25,7 +29,10 @@ fn fails(args: &[&str]) -> String {
     let out = denoise(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "denoise {args:?} should have failed");
-    assert!(!err.contains("panicked"), "denoise {args:?} panicked:\n{err}");
+    assert!(
+        !err.contains("panicked"),
+        "denoise {args:?} panicked:\n{err}"
+    );
     err
 }
 
@@ -52,7 +59,12 @@ fn image_folder(root: &Path, per_class: usize) -> PathBuf {
     for split in ["train", "test"] {
         for (ci, class) in ["waves", "ripples"].iter().enumerate() {
             for i in 0..per_class {
-                write_png(&dir.join(split).join(class).join(format!("{i:04}.png")), ci * 50 + i, 32, 32);
+                write_png(
+                    &dir.join(split).join(class).join(format!("{i:04}.png")),
+                    ci * 50 + i,
+                    32,
+                    32,
+                );
             }
         }
     }
@@ -75,7 +87,14 @@ fn cifar_binary(root: &Path) -> PathBuf {
         r
     };
     let records: Vec<Vec<u8>> = (0..37).map(record).collect();
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ] {
         let mut bytes = Vec::with_capacity(10_000 * 3073);
         for i in 0..10_000 {
             bytes.extend_from_slice(&records[i % 37]);
@@ -86,7 +105,11 @@ fn cifar_binary(root: &Path) -> PathBuf {
 }
 
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn metadata(path: &Path) -> serde_json::Value {
@@ -99,7 +122,11 @@ fn metadata(path: &Path) -> serde_json::Value {
 fn weights(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
     v.sort();
     v
 }
@@ -111,42 +138,84 @@ fn cifar_binary_train_resume_eval() {
     let data = data.to_str().unwrap();
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    let common = ["--data", data, "--width", "8", "--batch", "4", "--val-limit", "8", "--device", "cpu", "--log-every", "1"];
+    let common = [
+        "--data",
+        data,
+        "--width",
+        "8",
+        "--batch",
+        "4",
+        "--val-limit",
+        "8",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+    ];
     // Six steps straight...
     let mut args = vec!["train", "--out", a.to_str().unwrap(), "--max-steps", "6"];
     args.extend(common);
     let text = ok(&args);
-    assert!(text.contains("45000 train, 5000 validation, 10000 test"), "{text}");
+    assert!(
+        text.contains("45000 train, 5000 validation, 10000 test"),
+        "{text}"
+    );
     // ...and three, then three more with --resume, give the same weights and optimizer state.
     let mut args = vec!["train", "--out", b.to_str().unwrap(), "--max-steps", "3"];
     args.extend(common);
     ok(&args);
     assert_eq!(metadata(&b.join("last.safetensors"))["global_step"], 3);
-    let mut args = vec!["train", "--out", b.to_str().unwrap(), "--max-steps", "6", "--resume"];
+    let mut args = vec![
+        "train",
+        "--out",
+        b.to_str().unwrap(),
+        "--max-steps",
+        "6",
+        "--resume",
+    ];
     args.extend(common);
     let text = ok(&args);
     assert!(text.contains("resuming"), "{text}");
     let state = metadata(&b.join("last.safetensors"));
     assert_eq!(state["global_step"], 6);
     assert_eq!(state["images_seen"], 24);
-    assert_eq!(weights(&a.join("last.safetensors")), weights(&b.join("last.safetensors")));
+    assert_eq!(
+        weights(&a.join("last.safetensors")),
+        weights(&b.join("last.safetensors"))
+    );
     for f in ["best.safetensors", "metrics.jsonl", "steps.csv", "loss.png"] {
         assert!(a.join(f).exists(), "{f} missing");
     }
     let records = jsonl(&b.join("metrics.jsonl"));
     assert_eq!(records.len(), 2);
-    assert!(records.iter().all(|r| r["val_loss"].as_f64().unwrap().is_finite()));
+    assert!(records
+        .iter()
+        .all(|r| r["val_loss"].as_f64().unwrap().is_finite()));
 
     // Evaluate the best checkpoint on 10 test images (the first of each class).
     let json = tmp.path().join("eval.json");
     let grid = tmp.path().join("grid.png");
     let best = a.join("best.safetensors");
     let text = ok(&[
-        "eval", "--model", best.to_str().unwrap(), "--data", data, "--limit", "10", "--sigmas", "15,50",
-        "--json", json.to_str().unwrap(), "--grid", grid.to_str().unwrap(), "--device", "cpu",
+        "eval",
+        "--model",
+        best.to_str().unwrap(),
+        "--data",
+        data,
+        "--limit",
+        "10",
+        "--sigmas",
+        "15,50",
+        "--json",
+        json.to_str().unwrap(),
+        "--grid",
+        grid.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(text.contains("| 15 | 10 |"), "{text}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     // Noisy input at sigma 15 on [0, 1] images: about 24.6 dB.
@@ -162,9 +231,29 @@ fn image_folder_training_learns_and_denoises() {
     let data = image_folder(tmp.path(), 10);
     let out = tmp.path().join("run");
     ok(&[
-        "train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--width", "16", "--batch", "8",
-        "--max-steps", "60", "--lr", "0.002", "--sigma-min", "20", "--sigma-max", "40", "--log-every", "1",
-        "--device", "cpu", "--seed", "3",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--width",
+        "16",
+        "--batch",
+        "8",
+        "--max-steps",
+        "60",
+        "--lr",
+        "0.002",
+        "--sigma-min",
+        "20",
+        "--sigma-max",
+        "40",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
     ]);
     // The loss falls: the mean of the last ten logged losses is well below the first ten.
     let losses: Vec<f64> = std::fs::read_to_string(out.join("steps.csv"))
@@ -185,12 +274,16 @@ fn image_folder_training_learns_and_denoises() {
         // Irwin-Hall approximation of a standard normal, from a small LCG.
         let mut s = 0.0;
         for _ in 0..12 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             s += (rng >> 11) as f64 / (1u64 << 53) as f64;
         }
         s - 6.0
     };
-    let clean = image::RgbImage::from_fn(w as u32, h as u32, |x, y| image::Rgb([0, 1, 2].map(|c| smooth(7, c, y as usize, x as usize))));
+    let clean = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        image::Rgb([0, 1, 2].map(|c| smooth(7, c, y as usize, x as usize)))
+    });
     let noisy = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let p = clean.get_pixel(x, y).0;
         image::Rgb(p.map(|v| (v as f64 + 30.0 * gauss()).clamp(0.0, 255.0).round() as u8))
@@ -199,15 +292,35 @@ fn image_folder_training_learns_and_denoises() {
     noisy.save(&noisy_path).unwrap();
     let den_path = tmp.path().join("den.png");
     let best = out.join("best.safetensors");
-    ok(&["generate", "--image", noisy_path.to_str().unwrap(), "--model", best.to_str().unwrap(), "--out", den_path.to_str().unwrap(), "--device", "cpu"]);
+    ok(&[
+        "generate",
+        "--image",
+        noisy_path.to_str().unwrap(),
+        "--model",
+        best.to_str().unwrap(),
+        "--out",
+        den_path.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let den = image::open(&den_path).unwrap().to_rgb8();
     assert_eq!((den.width(), den.height()), (w as u32, h as u32));
     let mse = |a: &image::RgbImage| {
-        a.as_raw().iter().zip(clean.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.as_raw().len() as f64
+        a.as_raw()
+            .iter()
+            .zip(clean.as_raw())
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum::<f64>()
+            / a.as_raw().len() as f64
     };
     let (m_noisy, m_den) = (mse(&noisy), mse(&den));
     let db = |m: f64| 10.0 * (255.0f64 * 255.0 / m).log10();
-    assert!(db(m_den) > db(m_noisy) + 1.0, "denoised {:.2} dB vs noisy {:.2} dB", db(m_den), db(m_noisy));
+    assert!(
+        db(m_den) > db(m_noisy) + 1.0,
+        "denoised {:.2} dB vs noisy {:.2} dB",
+        db(m_den),
+        db(m_noisy)
+    );
 }
 
 #[test]
@@ -216,67 +329,227 @@ fn bad_inputs_are_clear_errors() {
     let t = |p: &str| tmp.path().join(p).to_str().unwrap().to_string();
 
     // A data folder that does not exist, or holds nothing usable.
-    let err = fails(&["train", "--data", &t("nowhere"), "--out", &t("o"), "--device", "cpu"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("nowhere"),
+        "--out",
+        &t("o"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("nowhere") && err.contains("missing"), "{err}");
     std::fs::create_dir_all(t("empty")).unwrap();
-    let err = fails(&["train", "--data", &t("empty"), "--out", &t("o"), "--device", "cpu"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("empty"),
+        "--out",
+        &t("o"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("no CIFAR-10 binary files"), "{err}");
 
     // A truncated CIFAR file: named, with the expected and the found size.
     let dir = tmp.path().join("cifar");
     std::fs::create_dir_all(&dir).unwrap();
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ] {
         std::fs::write(dir.join(format!("{name}.bin")), vec![0u8; 3073 * 10]).unwrap();
     }
-    let err = fails(&["train", "--data", dir.to_str().unwrap(), "--out", &t("o"), "--device", "cpu"]);
-    assert!(err.contains("data_batch_1.bin") && err.contains("30730000") && err.contains("30730"), "{err}");
+    let err = fails(&[
+        "train",
+        "--data",
+        dir.to_str().unwrap(),
+        "--out",
+        &t("o"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("data_batch_1.bin") && err.contains("30730000") && err.contains("30730"),
+        "{err}"
+    );
 
     // Images of different sizes, unless --crop.
     write_png(&tmp.path().join("mixed/a.png"), 0, 32, 32);
     write_png(&tmp.path().join("mixed/b.png"), 1, 40, 36);
-    let err = fails(&["train", "--data", &t("mixed"), "--out", &t("o"), "--device", "cpu", "--max-steps", "1"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("o"),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "1",
+    ]);
     assert!(err.contains("b.png") && err.contains("40x36"), "{err}");
-    ok(&["train", "--data", &t("mixed"), "--out", &t("o"), "--device", "cpu", "--max-steps", "1", "--crop", "--width", "4", "--batch", "2"]);
+    ok(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("o"),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "1",
+        "--crop",
+        "--width",
+        "4",
+        "--batch",
+        "2",
+    ]);
 
     // Bad flags and config files.
-    let err = fails(&["train", "--data", &t("mixed"), "--arch", "transformer", "--device", "cpu"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--arch",
+        "transformer",
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("unknown architecture `transformer`"), "{err}");
     std::fs::write(t("bad.toml"), "lr = \"fast\"\n").unwrap();
-    let err = fails(&["train", "--data", &t("mixed"), "--config", &t("bad.toml"), "--device", "cpu"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--config",
+        &t("bad.toml"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("bad.toml"), "{err}");
     std::fs::write(t("unknown.toml"), "learning_rate = 0.1\n").unwrap();
-    let err = fails(&["train", "--data", &t("mixed"), "--config", &t("unknown.toml"), "--device", "cpu"]);
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--config",
+        &t("unknown.toml"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("learning_rate"), "{err}");
 
     // Checkpoints: missing, not safetensors, cut short.
-    let err = fails(&["eval", "--model", &t("none.safetensors"), "--data", &t("mixed"), "--device", "cpu"]);
+    let err = fails(&[
+        "eval",
+        "--model",
+        &t("none.safetensors"),
+        "--data",
+        &t("mixed"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("none.safetensors"), "{err}");
     std::fs::write(t("junk.safetensors"), b"junk").unwrap();
-    let err = fails(&["generate", "--model", &t("junk.safetensors"), "--image", &t("mixed/a.png"), "--out", &t("x.png"), "--device", "cpu"]);
-    assert!(err.contains("junk.safetensors") && err.contains("not a safetensors file"), "{err}");
+    let err = fails(&[
+        "generate",
+        "--model",
+        &t("junk.safetensors"),
+        "--image",
+        &t("mixed/a.png"),
+        "--out",
+        &t("x.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("junk.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
     let last = std::fs::read(tmp.path().join("o/last.safetensors")).unwrap();
     std::fs::write(t("cut.safetensors"), &last[..last.len() / 2]).unwrap();
-    let err = fails(&["generate", "--model", &t("cut.safetensors"), "--image", &t("mixed/a.png"), "--out", &t("x.png"), "--device", "cpu"]);
+    let err = fails(&[
+        "generate",
+        "--model",
+        &t("cut.safetensors"),
+        "--image",
+        &t("mixed/a.png"),
+        "--out",
+        &t("x.png"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("cut.safetensors"), "{err}");
-    assert!(!tmp.path().join("x.png").exists(), "no output after a failure");
+    assert!(
+        !tmp.path().join("x.png").exists(),
+        "no output after a failure"
+    );
 
     // Not an image, and an output name with no image extension.
     std::fs::write(t("text.png"), b"hello").unwrap();
     let model = t("o/best.safetensors");
-    let err = fails(&["generate", "--model", &model, "--image", &t("text.png"), "--out", &t("x.png"), "--device", "cpu"]);
-    assert!(err.contains("text.png") && err.contains("cannot decode"), "{err}");
-    let err = fails(&["generate", "--model", &model, "--image", &t("mixed/a.png"), "--out", &t("x.txt"), "--device", "cpu"]);
+    let err = fails(&[
+        "generate",
+        "--model",
+        &model,
+        "--image",
+        &t("text.png"),
+        "--out",
+        &t("x.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("text.png") && err.contains("cannot decode"),
+        "{err}"
+    );
+    let err = fails(&[
+        "generate",
+        "--model",
+        &model,
+        "--image",
+        &t("mixed/a.png"),
+        "--out",
+        &t("x.txt"),
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("x.txt"), "{err}");
     assert!(!tmp.path().join("x.png").exists());
 
     // CUDA in a CPU-only build.
     if !cfg!(feature = "cuda") {
-        let err = fails(&["generate", "--model", &model, "--image", &t("mixed/a.png"), "--out", &t("x.png"), "--device", "cuda"]);
+        let err = fails(&[
+            "generate",
+            "--model",
+            &model,
+            "--image",
+            &t("mixed/a.png"),
+            "--out",
+            &t("x.png"),
+            "--device",
+            "cuda",
+        ]);
         assert!(err.contains("no CUDA support"), "{err}");
     }
 
     // Eval flags.
-    let err = fails(&["eval", "--model", &model, "--data", &t("mixed"), "--sigmas", "15,-3", "--device", "cpu"]);
+    let err = fails(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &t("mixed"),
+        "--sigmas",
+        "15,-3",
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("--sigmas"), "{err}");
 }
 
@@ -286,17 +559,31 @@ fn bad_inputs_are_clear_errors() {
 fn offline_download_says_where_to_put_the_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_denoise"))
-        .args(["train", "--out", tmp.path().join("o").to_str().unwrap(), "--device", "cpu"])
+        .args([
+            "train",
+            "--out",
+            tmp.path().join("o").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
         .env("XDG_CACHE_HOME", tmp.path().join("cache"))
         .env("HOME", tmp.path())
         // Port 9 (discard) on loopback: refused at once, like an offline machine.
-        .env("DENOISE_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-binary.tar.gz")
+        .env(
+            "DENOISE_CIFAR10_URL",
+            "http://127.0.0.1:9/cifar-10-binary.tar.gz",
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("cifar-10-batches-bin") && err.contains("--data"), "{err}");
+    assert!(
+        err.contains("cifar-10-batches-bin") && err.contains("--data"),
+        "{err}"
+    );
     let cache = tmp.path().join("cache/denoise/cifar10");
-    let leftovers: Vec<_> = std::fs::read_dir(&cache).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }

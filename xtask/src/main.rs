@@ -10,7 +10,10 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -30,17 +33,34 @@ fn run(mut c: Command) -> Result<()> {
 /// Builds `denoise` in release mode (with `--features` from `DENOISE_FEATURES`) and runs it.
 fn denoise(sub: &str, args: &[String]) -> Result<ExitCode> {
     let mut build = cargo();
-    build.args(["build", "--release", "--package", "denoise-cli", "--bin", "denoise"]);
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "denoise-cli",
+        "--bin",
+        "denoise",
+    ]);
     if let Ok(f) = std::env::var("DENOISE_FEATURES") {
         if !f.is_empty() {
             build.args(["--features", &f]);
         }
     }
     run(build)?;
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
-    let bin = target.join("release").join(format!("denoise{}", std::env::consts::EXE_SUFFIX));
-    let status = Command::new(&bin).arg(sub).args(args).status().with_context(|| format!("running {}", bin.display()))?;
-    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    let bin = target
+        .join("release")
+        .join(format!("denoise{}", std::env::consts::EXE_SUFFIX));
+    let status = Command::new(&bin)
+        .arg(sub)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
 }
 
 fn ci() -> Result<()> {
@@ -48,7 +68,14 @@ fn ci() -> Result<()> {
     fmt.args(["fmt", "--all", "--check"]);
     run(fmt)?;
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run(clippy)?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);

@@ -17,7 +17,11 @@ use denoise_model::Model;
 use denoise_trainer::{eval, TrainConfig, TrainOptions};
 
 #[derive(Parser)]
-#[command(name = "denoise", version, about = "Train image denoisers on CIFAR-10 or your own images, evaluate them, denoise images")]
+#[command(
+    name = "denoise",
+    version,
+    about = "Train image denoisers on CIFAR-10 or your own images, evaluate them, denoise images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -185,7 +189,10 @@ fn pick_device(d: DeviceArg) -> Result<Device> {
 }
 
 fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
-    let opts = LoadOptions { crop: args.crop, size: None };
+    let opts = LoadOptions {
+        crop: args.crop,
+        size: None,
+    };
     let path = match &args.data {
         Some(p) => p.clone(),
         None => {
@@ -194,7 +201,8 @@ fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
             download::ensure_cifar10(&dir, progress)?
         }
     };
-    let splits = denoise_data::load(&path, &opts).with_context(|| format!("reading the dataset in {}", path.display()))?;
+    let splits = denoise_data::load(&path, &opts)
+        .with_context(|| format!("reading the dataset in {}", path.display()))?;
     Ok(splits)
 }
 
@@ -210,7 +218,21 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f.clone() { c.$f = v; })* };
     }
-    set!(arch, epochs, batch, lr, weight_decay, lr_step, lr_gamma, patience, ssim_weight, sigma_min, sigma_max, seed, log_every);
+    set!(
+        arch,
+        epochs,
+        batch,
+        lr,
+        weight_decay,
+        lr_step,
+        lr_gamma,
+        patience,
+        ssim_weight,
+        sigma_min,
+        sigma_max,
+        seed,
+        log_every
+    );
     if a.width.is_some() {
         c.width = a.width;
     }
@@ -249,10 +271,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: finishing the current step and saving (Ctrl-C again to quit now)");
+            eprintln!(
+                "\ninterrupted: finishing the current step and saving (Ctrl-C again to quit now)"
+            );
         });
     }
-    let opts = TrainOptions { resume: a.resume, progress: is_tty(), stop };
+    let opts = TrainOptions {
+        resume: a.resume,
+        progress: is_tty(),
+        stop,
+    };
     let s = denoise_trainer::train(&config, &data, &a.out, &device, &opts)?;
     let st = &s.state;
     let best = st.early.best.map_or("-".into(), |b| format!("{b:.4}"));
@@ -275,7 +303,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = Model::load(&a.model, &device).with_context(|| format!("loading the model {}", a.model.display()))?;
+    let model = Model::load(&a.model, &device)
+        .with_context(|| format!("loading the model {}", a.model.display()))?;
     let data = load_data(&a.data, is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
@@ -283,10 +312,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         None => data.test,
     };
     if test.h % model.size_multiple() != 0 || test.w % model.size_multiple() != 0 {
-        bail!("the test images are {}x{}; this model needs sides that are multiples of {}", test.w, test.h, model.size_multiple());
+        bail!(
+            "the test images are {}x{}; this model needs sides that are multiples of {}",
+            test.w,
+            test.h,
+            model.size_multiple()
+        );
     }
     let results = eval::evaluate(&model, &test, &a.sigmas, a.seed, a.batch, &device, is_tty())?;
-    println!("model {} ({}), {} test images, noise seed {}", a.model.display(), model.config().arch(), test.n, a.seed);
+    println!(
+        "model {} ({}), {} test images, noise seed {}",
+        a.model.display(),
+        model.config().arch(),
+        test.n,
+        a.seed
+    );
     print!("{}", eval::table(&results));
     if let Some(path) = &a.json {
         let json = serde_json::json!({
@@ -296,28 +336,41 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "seed": a.seed,
             "results": results,
         });
-        denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        denoise_model::checkpoint::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.grid {
-        eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path).with_context(|| format!("writing {}", path.display()))?;
+        eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("grid: {}", path.display());
     }
     Ok(())
 }
 
 fn output_format(path: &Path) -> Result<image::ImageFormat> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("png") => Ok(image::ImageFormat::Png),
         Some("jpg" | "jpeg") => Ok(image::ImageFormat::Jpeg),
-        _ => bail!("--out {}: expected a .png or .jpg file name", path.display()),
+        _ => bail!(
+            "--out {}: expected a .png or .jpg file name",
+            path.display()
+        ),
     }
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let format = output_format(&a.out)?;
     let device = pick_device(a.device)?;
-    let model = Model::load(&a.model, &device).with_context(|| format!("loading the model {}", a.model.display()))?;
+    let model = Model::load(&a.model, &device)
+        .with_context(|| format!("loading the model {}", a.model.display()))?;
     let (chw, h, w) = denoise_data::folder::read_rgb(&a.image, None, false)?;
     let x: Vec<f32> = chw.iter().map(|&p| p as f32 / 255.0).collect();
     let x = Tensor::from_vec(x, (1, 3, h, w), &Device::Cpu)?.to_device(&device)?;
@@ -325,15 +378,25 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let img = eval::to_rgb(&y.get(0)?)?;
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
-    denoise_model::checkpoint::write_atomic(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("denoised {} ({w}x{h}) -> {}", a.image.display(), a.out.display());
+    denoise_model::checkpoint::write_atomic(&a.out, &bytes)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "denoised {} ({w}x{h}) -> {}",
+        a.image.display(),
+        a.out.display()
+    );
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Eval(a) => cmd_eval(a),

@@ -27,7 +27,13 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { batch_size: 64, sigma_min: 0.0, sigma_max: 55.0 / 255.0, flip: true, seed: 0 }
+        Self {
+            batch_size: 64,
+            sigma_min: 0.0,
+            sigma_max: 55.0 / 255.0,
+            flip: true,
+            seed: 0,
+        }
     }
 }
 
@@ -54,7 +60,13 @@ impl Batch {
 }
 
 /// Builds the batch of images `idx` of `set`, its randomness drawn from `rng`.
-pub fn make_batch(set: &ImageSet, idx: &[usize], cfg: &BatchConfig, flip: bool, rng: &mut DataRng) -> Batch {
+pub fn make_batch(
+    set: &ImageSet,
+    idx: &[usize],
+    cfg: &BatchConfig,
+    flip: bool,
+    rng: &mut DataRng,
+) -> Batch {
     let (c, h, w) = (set.c, set.h, set.w);
     let len = c * h * w;
     let mut clean = Vec::with_capacity(idx.len() * len);
@@ -76,7 +88,17 @@ pub fn make_batch(set: &ImageSet, idx: &[usize], cfg: &BatchConfig, flip: bool, 
             }
         }
     }
-    Batch { clean, noisy, sigmas, n: idx.len(), c, h, w, epoch: 0, index: 0 }
+    Batch {
+        clean,
+        noisy,
+        sigmas,
+        n: idx.len(),
+        c,
+        h,
+        w,
+        epoch: 0,
+        index: 0,
+    }
 }
 
 /// The order in which epoch `epoch` visits `n` images.
@@ -97,7 +119,10 @@ pub fn steps_per_epoch(n: usize, batch_size: usize) -> usize {
 
 /// The fixed validation batches: no flips, noise from `(seed, "val", batch index)`, identical
 /// in every epoch and every run with the same seed.
-pub fn validation_batches<'a>(set: &'a ImageSet, cfg: &BatchConfig) -> impl Iterator<Item = Batch> + 'a {
+pub fn validation_batches<'a>(
+    set: &'a ImageSet,
+    cfg: &BatchConfig,
+) -> impl Iterator<Item = Batch> + 'a {
     let cfg = cfg.clone();
     (0..steps_per_epoch(set.n, cfg.batch_size)).map(move |b| {
         let idx: Vec<usize> = (b * cfg.batch_size..((b + 1) * cfg.batch_size).min(set.n)).collect();
@@ -127,7 +152,8 @@ impl Batcher {
                 loop {
                     let order = epoch_order(set.n, cfg.seed, epoch);
                     while index < steps {
-                        let idx = &order[index * cfg.batch_size..((index + 1) * cfg.batch_size).min(set.n)];
+                        let idx = &order
+                            [index * cfg.batch_size..((index + 1) * cfg.batch_size).min(set.n)];
                         let mut rng = rng_for(&[cfg.seed, epoch as u64, index as u64]);
                         let mut b = make_batch(&set, idx, &cfg, cfg.flip, &mut rng);
                         b.epoch = epoch;
@@ -142,7 +168,11 @@ impl Batcher {
                 }
             })
             .expect("spawn batcher thread");
-        Self { rx, handle: Some(handle), steps_per_epoch: steps }
+        Self {
+            rx,
+            handle: Some(handle),
+            steps_per_epoch: steps,
+        }
     }
 
     /// The next batch (blocks until it is ready).
@@ -168,13 +198,25 @@ mod tests {
 
     fn set(n: usize) -> ImageSet {
         let pixels: Vec<u8> = (0..n * 3 * 4 * 4).map(|i| (i * 7 % 256) as u8).collect();
-        ImageSet { pixels, labels: vec![0; n], n, c: 3, h: 4, w: 4, classes: vec!["x".into()] }
+        ImageSet {
+            pixels,
+            labels: vec![0; n],
+            n,
+            c: 3,
+            h: 4,
+            w: 4,
+            classes: vec!["x".into()],
+        }
     }
 
     #[test]
     fn resumed_batcher_repeats_the_same_batches() {
         let s = Arc::new(set(10));
-        let cfg = BatchConfig { batch_size: 4, seed: 9, ..Default::default() };
+        let cfg = BatchConfig {
+            batch_size: 4,
+            seed: 9,
+            ..Default::default()
+        };
         let mut a = Batcher::start(s.clone(), cfg.clone(), 0, 0);
         let all: Vec<Batch> = (0..7).map(|_| a.next_batch()).collect();
         assert_eq!(a.steps_per_epoch, 3);
@@ -199,7 +241,12 @@ mod tests {
     #[test]
     fn noise_levels_stay_in_range_and_flips_mirror() {
         let s = set(64);
-        let cfg = BatchConfig { batch_size: 64, sigma_min: 0.1, sigma_max: 0.2, ..Default::default() };
+        let cfg = BatchConfig {
+            batch_size: 64,
+            sigma_min: 0.1,
+            sigma_max: 0.2,
+            ..Default::default()
+        };
         let mut rng = rng_for(&[1]);
         let b = make_batch(&s, &(0..64).collect::<Vec<_>>(), &cfg, true, &mut rng);
         assert!(b.sigmas.iter().all(|&x| (0.1..=0.2).contains(&x)));

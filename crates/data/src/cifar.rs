@@ -8,11 +8,26 @@ use crate::{io_err, DataError, ImageSet, Result, Splits};
 
 /// The folder the official archive extracts to.
 pub const BIN_DIR: &str = "cifar-10-batches-bin";
-pub const TRAIN_FILES: [&str; 5] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+pub const TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
 pub const TEST_FILE: &str = "test_batch.bin";
-pub const CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 pub const RECORD: usize = 1 + 3072;
 pub const RECORDS_PER_FILE: usize = 10_000;
 /// Held out for validation: the last 5,000 training images (half of `data_batch_5.bin`).
@@ -46,11 +61,24 @@ pub fn parse_records(bytes: &[u8]) -> ImageSet {
         labels.push(rec[0] as u16);
         pixels.extend_from_slice(&rec[1..]);
     }
-    ImageSet { pixels, labels, n, c: 3, h: 32, w: 32, classes: CLASSES.iter().map(|s| s.to_string()).collect() }
+    ImageSet {
+        pixels,
+        labels,
+        n,
+        c: 3,
+        h: 32,
+        w: 32,
+        classes: CLASSES.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 fn concat(sets: Vec<ImageSet>) -> ImageSet {
-    let mut out = ImageSet { c: 3, h: 32, w: 32, ..Default::default() };
+    let mut out = ImageSet {
+        c: 3,
+        h: 32,
+        w: 32,
+        ..Default::default()
+    };
     for s in sets {
         out.pixels.extend_from_slice(&s.pixels);
         out.labels.extend_from_slice(&s.labels);
@@ -63,7 +91,10 @@ fn concat(sets: Vec<ImageSet>) -> ImageSet {
 /// Reads the six files of the binary release from `dir`: train (45,000), validation (the last
 /// 5,000 training images) and test (10,000).
 pub fn load_splits(dir: &Path) -> Result<Splits> {
-    let train = TRAIN_FILES.iter().map(|f| read_batch(&dir.join(f))).collect::<Result<Vec<_>>>()?;
+    let train = TRAIN_FILES
+        .iter()
+        .map(|f| read_batch(&dir.join(f)))
+        .collect::<Result<Vec<_>>>()?;
     let all = concat(train);
     let test = read_batch(&dir.join(TEST_FILE))?;
     let split = all.n - VAL_IMAGES;
@@ -89,7 +120,11 @@ pub fn is_complete(dir: &Path) -> bool {
     TRAIN_FILES
         .iter()
         .chain(std::iter::once(&TEST_FILE))
-        .all(|f| std::fs::metadata(dir.join(f)).map(|m| m.len() == expected).unwrap_or(false))
+        .all(|f| {
+            std::fs::metadata(dir.join(f))
+                .map(|m| m.len() == expected)
+                .unwrap_or(false)
+        })
 }
 
 #[cfg(test)]
@@ -120,8 +155,13 @@ mod tests {
         let p = dir.path().join("data_batch_1.bin");
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
         let e = read_batch(&p).unwrap_err().to_string();
-        assert!(e.contains("data_batch_1.bin") && e.contains("30730000") && e.contains("1000"), "{e}");
-        let e = read_batch(&dir.path().join("test_batch.bin")).unwrap_err().to_string();
+        assert!(
+            e.contains("data_batch_1.bin") && e.contains("30730000") && e.contains("1000"),
+            "{e}"
+        );
+        let e = read_batch(&dir.path().join("test_batch.bin"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("test_batch.bin") && e.contains("missing"), "{e}");
     }
 }

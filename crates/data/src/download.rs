@@ -76,14 +76,16 @@ fn download(url: &str, dest: &Path, progress: bool) -> std::result::Result<(), S
             .expect("valid template"),
         );
         let mut reader = resp.body_mut().as_reader();
-        let mut file = std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
+        let mut file =
+            std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).map_err(|e| format!("{}: {e}", part.display()))?;
+            file.write_all(&buf[..n])
+                .map_err(|e| format!("{}: {e}", part.display()))?;
             bar.inc(n as u64);
         }
         file.sync_all().map_err(|e| e.to_string())?;
@@ -116,14 +118,20 @@ pub fn md5_file(path: &Path) -> Result<String> {
 pub fn install_archive(archive: &Path, dir: &Path, md5: &str) -> Result<PathBuf> {
     let found = md5_file(archive)?;
     if found != md5 {
-        return Err(DataError::Checksum { path: archive.to_path_buf(), expected: md5.into(), found });
+        return Err(DataError::Checksum {
+            path: archive.to_path_buf(),
+            expected: md5.into(),
+            found,
+        });
     }
     let tmp = dir.join(format!(".extract-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
         let f = std::fs::File::open(archive).map_err(io_err(archive))?;
-        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&tmp).map_err(io_err(archive))?;
+        tar::Archive::new(flate2::read::GzDecoder::new(f))
+            .unpack(&tmp)
+            .map_err(io_err(archive))?;
         let extracted = tmp.join(BIN_DIR);
         if !cifar::is_complete(&extracted) {
             return Err(DataError::Invalid(format!(

@@ -18,7 +18,9 @@ pub fn is_image(path: &Path) -> bool {
 
 /// True when `dir` holds at least one image file, at any depth.
 pub fn has_images(dir: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir) else { return false };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
     rd.flatten().any(|e| {
         let p = e.path();
         if p.is_dir() {
@@ -30,8 +32,11 @@ pub fn has_images(dir: &Path) -> bool {
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(io_err(dir))?.flatten().map(|e| e.path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     v.sort();
     Ok(v)
 }
@@ -53,9 +58,16 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 fn classes(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let entries = sorted_entries(dir)?;
     let mut out = Vec::new();
-    let flat: Vec<PathBuf> = entries.iter().filter(|p| p.is_file() && is_image(p)).cloned().collect();
+    let flat: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| p.is_file() && is_image(p))
+        .cloned()
+        .collect();
     if !flat.is_empty() {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         out.push((name, flat));
     }
     for p in entries.iter().filter(|p| p.is_dir()) {
@@ -68,15 +80,29 @@ fn classes(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 }
 
 /// Decodes an image file to RGB bytes in CHW order, checking (or center-cropping to) a size.
-pub fn read_rgb(path: &Path, size: Option<(usize, usize)>, crop: bool) -> Result<(Vec<u8>, usize, usize)> {
-    let img = image::open(path).map_err(|e| DataError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+pub fn read_rgb(
+    path: &Path,
+    size: Option<(usize, usize)>,
+    crop: bool,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let img = image::open(path).map_err(|e| DataError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let mut rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if let Some((want_h, want_w)) = size {
         if (h, w) != (want_h, want_w) {
             if crop && h >= want_h && w >= want_w {
                 let (x0, y0) = ((w - want_w) / 2, (h - want_h) / 2);
-                rgb = image::imageops::crop_imm(&rgb, x0 as u32, y0 as u32, want_w as u32, want_h as u32).to_image();
+                rgb = image::imageops::crop_imm(
+                    &rgb,
+                    x0 as u32,
+                    y0 as u32,
+                    want_w as u32,
+                    want_h as u32,
+                )
+                .to_image();
             } else {
                 return Err(DataError::WrongImageSize {
                     path: path.to_path_buf(),
@@ -99,11 +125,18 @@ pub fn read_rgb(path: &Path, size: Option<(usize, usize)>, crop: bool) -> Result
 }
 
 /// Reads `files` (with their labels) into an image set, on all cores.
-pub fn read_set(files: &[(PathBuf, u16)], size: (usize, usize), crop: bool, classes: Vec<String>) -> Result<ImageSet> {
+pub fn read_set(
+    files: &[(PathBuf, u16)],
+    size: (usize, usize),
+    crop: bool,
+    classes: Vec<String>,
+) -> Result<ImageSet> {
     let (h, w) = size;
     let len = 3 * h * w;
     let mut pixels = vec![0u8; files.len() * len];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = pixels
@@ -119,9 +152,19 @@ pub fn read_set(files: &[(PathBuf, u16)], size: (usize, usize), crop: bool, clas
                 })
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().expect("image reader thread panicked"))
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("image reader thread panicked"))
     })?;
-    Ok(ImageSet { pixels, labels: files.iter().map(|f| f.1).collect(), n: files.len(), c: 3, h, w, classes })
+    Ok(ImageSet {
+        pixels,
+        labels: files.iter().map(|f| f.1).collect(),
+        n: files.len(),
+        c: 3,
+        h,
+        w,
+        classes,
+    })
 }
 
 fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
@@ -143,7 +186,12 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
         (dir.to_path_buf(), dir.to_path_buf())
     };
     let train_classes = classes(&train_dir)?;
-    let first = train_classes.first().and_then(|c| c.1.first()).ok_or_else(|| DataError::Empty { path: train_dir.clone() })?;
+    let first = train_classes
+        .first()
+        .and_then(|c| c.1.first())
+        .ok_or_else(|| DataError::Empty {
+            path: train_dir.clone(),
+        })?;
     let size = match opts.size {
         Some(s) => s,
         None => {
@@ -156,7 +204,11 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
     let mut train_files = Vec::new();
     let mut val_files = Vec::new();
     for (i, (_, files)) in train_classes.iter().enumerate() {
-        let n_val = if files.len() >= 2 { (files.len() / 10).max(1) } else { 0 };
+        let n_val = if files.len() >= 2 {
+            (files.len() / 10).max(1)
+        } else {
+            0
+        };
         let split = files.len() - n_val;
         train_files.extend(files[..split].iter().map(|f| (f.clone(), i as u16)));
         val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));

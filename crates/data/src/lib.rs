@@ -20,7 +20,12 @@ pub use batch::{Batch, BatchConfig, Batcher};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: expected {expected} bytes ({what}), found {found}")]
-    BadSize { path: PathBuf, expected: u64, found: u64, what: String },
+    BadSize {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+        what: String,
+    },
     #[error("{path}: missing (expected {what})")]
     Missing { path: PathBuf, what: String },
     #[error("{path}: {source}")]
@@ -32,13 +37,27 @@ pub enum DataError {
     #[error("{path}: cannot decode image: {reason}")]
     Image { path: PathBuf, reason: String },
     #[error("{path}: image is {found_w}x{found_h}, the dataset's images are {want_w}x{want_h} (pass the crop option to center-crop larger images)")]
-    WrongImageSize { path: PathBuf, found_w: u32, found_h: u32, want_w: u32, want_h: u32 },
+    WrongImageSize {
+        path: PathBuf,
+        found_w: u32,
+        found_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
     #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no PNG or JPEG images found")]
     Empty { path: PathBuf },
     #[error("downloading {url} failed: {reason}\n{help}")]
-    Download { url: String, reason: String, help: String },
+    Download {
+        url: String,
+        reason: String,
+        help: String,
+    },
     #[error("{path}: checksum mismatch: md5 {found}, expected {expected}")]
-    Checksum { path: PathBuf, expected: String, found: String },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -46,7 +65,10 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Clean images in memory: `n` images of `c x h x w` bytes each (CHW), with optional labels.
@@ -83,7 +105,13 @@ impl ImageSet {
                 labels.push(self.labels[i]);
             }
         }
-        ImageSet { pixels, labels, n: idx.len(), classes: self.classes.clone(), ..*self }
+        ImageSet {
+            pixels,
+            labels,
+            n: idx.len(),
+            classes: self.classes.clone(),
+            ..*self
+        }
     }
 
     /// The first `per_class` images of each class, in file order, classes in label order.
@@ -93,11 +121,18 @@ impl ImageSet {
             let idx: Vec<usize> = (0..self.n.min(per_class * 10)).collect();
             return self.select(&idx);
         }
-        let n_classes = self.labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let n_classes = self
+            .labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
         let mut idx = Vec::new();
         for class in 0..n_classes {
             idx.extend(
-                (0..self.n).filter(|&i| self.labels[i] as usize == class).take(per_class),
+                (0..self.n)
+                    .filter(|&i| self.labels[i] as usize == class)
+                    .take(per_class),
             );
         }
         self.select(&idx)
@@ -162,13 +197,18 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Splits> {
     match detect(path) {
         Some(Source::CifarBinary(dir)) => cifar::load_splits(&dir),
         Some(Source::Folder(dir)) => folder::load_splits(&dir, opts),
-        None => Err(DataError::Empty { path: path.to_path_buf() }),
+        None => Err(DataError::Empty {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
 /// The default data folder: `<cache dir>/denoise/cifar10` (`~/.cache/denoise/cifar10` on Linux).
 pub fn default_data_dir() -> PathBuf {
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("denoise").join("cifar10")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("denoise")
+        .join("cifar10")
 }
 
 #[cfg(feature = "candle-datasets")]
@@ -176,7 +216,11 @@ pub fn default_data_dir() -> PathBuf {
 pub fn to_candle_dataset(s: &Splits) -> candle_core::Result<candle_datasets::vision::Dataset> {
     use candle_core::{Device, Tensor};
     let t = |set: &ImageSet| -> candle_core::Result<(Tensor, Tensor)> {
-        let x = Tensor::from_vec(set.pixels.clone(), (set.n, set.c, set.h, set.w), &Device::Cpu)?;
+        let x = Tensor::from_vec(
+            set.pixels.clone(),
+            (set.n, set.c, set.h, set.w),
+            &Device::Cpu,
+        )?;
         let y: Vec<u8> = set.labels.iter().map(|&l| l as u8).collect();
         Ok((x, Tensor::from_vec(y, set.labels.len(), &Device::Cpu)?))
     };

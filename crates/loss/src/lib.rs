@@ -49,7 +49,10 @@ pub type Result<T> = std::result::Result<T, LossError>;
 
 fn as_4d(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
     if a.dims() != b.dims() {
-        return Err(LossError::ShapeMismatch(a.dims().to_vec(), b.dims().to_vec()));
+        return Err(LossError::ShapeMismatch(
+            a.dims().to_vec(),
+            b.dims().to_vec(),
+        ));
     }
     match a.rank() {
         4 => Ok((a.clone(), b.clone())),
@@ -114,7 +117,13 @@ pub struct Ssim {
 
 impl Default for Ssim {
     fn default() -> Self {
-        Self { window: 11, sigma: 1.5, k1: 0.01, k2: 0.03, data_range: 1.0 }
+        Self {
+            window: 11,
+            sigma: 1.5,
+            k1: 0.01,
+            k2: 0.03,
+            data_range: 1.0,
+        }
     }
 }
 
@@ -138,7 +147,11 @@ impl Ssim {
         let (a, b) = as_4d(a, b)?;
         let (n, c, h, w) = a.dims4()?;
         if h < self.window || w < self.window {
-            return Err(LossError::TooSmall { window: self.window, h, w });
+            return Err(LossError::TooSmall {
+                window: self.window,
+                h,
+                w,
+            });
         }
         let dev = a.device();
         let gw = self.band(w, a.dtype(), dev)?; // (W, Wv)
@@ -193,13 +206,19 @@ pub struct MixLoss {
 
 impl Default for MixLoss {
     fn default() -> Self {
-        Self { ssim_weight: 0.84, ssim: Ssim::default() }
+        Self {
+            ssim_weight: 0.84,
+            ssim: Ssim::default(),
+        }
     }
 }
 
 impl MixLoss {
     pub fn new(ssim_weight: f64) -> Self {
-        Self { ssim_weight, ..Self::default() }
+        Self {
+            ssim_weight,
+            ..Self::default()
+        }
     }
 
     /// The loss of `pred` against `target`, a scalar.
@@ -240,6 +259,9 @@ mod tests {
         let b = Tensor::zeros((1, 3, 16, 15), DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(l1(&a, &b), Err(LossError::ShapeMismatch(..))));
         let small = Tensor::zeros((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(Ssim::default().mean(&small, &small), Err(LossError::TooSmall { .. })));
+        assert!(matches!(
+            Ssim::default().mean(&small, &small),
+            Err(LossError::TooSmall { .. })
+        ));
     }
 }

@@ -85,7 +85,11 @@ const CASES: &[Case] = &[
 ];
 
 /// Builds the u8 image of a formula (clip to [0, 255], truncate), returns it in [0, 1] and its sum.
-fn image(f: fn(f64, f64, f64) -> f64, (c, h, w): (usize, usize, usize), dtype: DType) -> (Tensor, u64) {
+fn image(
+    f: fn(f64, f64, f64) -> f64,
+    (c, h, w): (usize, usize, usize),
+    dtype: DType,
+) -> (Tensor, u64) {
     let mut v = Vec::with_capacity(c * h * w);
     let mut sum = 0u64;
     for ci in 0..c {
@@ -97,7 +101,10 @@ fn image(f: fn(f64, f64, f64) -> f64, (c, h, w): (usize, usize, usize), dtype: D
             }
         }
     }
-    let t = Tensor::from_vec(v, (c, h, w), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+    let t = Tensor::from_vec(v, (c, h, w), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
     (t, sum)
 }
 
@@ -107,16 +114,45 @@ fn check_cases(dtype: DType, tol: f64) {
         let (b, sb) = image(case.b, case.chw, dtype);
         assert_eq!((sa, sb), case.sums, "{}: pixel checksums", case.name);
         let ssim = Ssim::default();
-        let got = ssim.mean(&a, &b).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-        assert!((got - case.ssim).abs() < tol, "{}: ssim {got} vs {}", case.name, case.ssim);
-        let pc = ssim.per_channel(&a, &b).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let got = ssim
+            .mean(&a, &b)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (got - case.ssim).abs() < tol,
+            "{}: ssim {got} vs {}",
+            case.name,
+            case.ssim
+        );
+        let pc = ssim
+            .per_channel(&a, &b)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
         for (g, want) in pc[0].iter().zip(case.per_channel) {
-            assert!((g - want).abs() < tol, "{}: channel ssim {g} vs {want}", case.name);
+            assert!(
+                (g - want).abs() < tol,
+                "{}: channel ssim {g} vs {want}",
+                case.name
+            );
         }
         let db = psnr(&a, &b, 1.0).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
         match case.psnr {
-            None => assert!(db.is_infinite(), "{}: psnr of identical images {db}", case.name),
-            Some(want) => assert!((db - want).abs() < 1e-3, "{}: psnr {db} vs {want}", case.name),
+            None => assert!(
+                db.is_infinite(),
+                "{}: psnr of identical images {db}",
+                case.name
+            ),
+            Some(want) => assert!(
+                (db - want).abs() < 1e-3,
+                "{}: psnr {db} vs {want}",
+                case.name
+            ),
         }
     }
 }
@@ -139,10 +175,18 @@ fn batched_ssim_is_the_mean_of_single_images() {
     let (b2, _) = image(CASES[1].b, CASES[1].chw, DType::F32);
     let a = Tensor::stack(&[&a1, &a2], 0).unwrap();
     let b = Tensor::stack(&[&b1, &b2], 0).unwrap();
-    let per = Ssim::default().per_image(&a, &b).unwrap().to_vec1::<f32>().unwrap();
+    let per = Ssim::default()
+        .per_image(&a, &b)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!((per[0] as f64 - CASES[2].ssim).abs() < 1e-4);
     assert!((per[1] as f64 - CASES[1].ssim).abs() < 1e-4);
-    let mean = Ssim::default().mean(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+    let mean = Ssim::default()
+        .mean(&a, &b)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((mean - (per[0] + per[1]) / 2.0).abs() < 1e-6);
 }
 
@@ -159,7 +203,13 @@ fn mix_loss_gradient_matches_finite_differences() {
     let loss = MixLoss::default();
     let l = loss.forward(var.as_tensor(), &target).unwrap();
     let grads = l.backward().unwrap();
-    let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let base = start.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let eps = 1e-6;
     for idx in [0usize, 17, 60, 101, 182, 250, 363] {
@@ -169,9 +219,16 @@ fn mix_loss_gradient_matches_finite_differences() {
         minus[idx] -= eps;
         let f = |v: Vec<f64>| {
             let t = Tensor::from_vec(v, start.shape(), &dev).unwrap();
-            loss.forward(&t, &target).unwrap().to_scalar::<f64>().unwrap()
+            loss.forward(&t, &target)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let fd = (f(plus) - f(minus)) / (2.0 * eps);
-        assert!((fd - g[idx]).abs() < 1e-6 * (1.0 + fd.abs()), "grad[{idx}] {} vs fd {fd}", g[idx]);
+        assert!(
+            (fd - g[idx]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "grad[{idx}] {} vs fd {fd}",
+            g[idx]
+        );
     }
 }

@@ -26,7 +26,10 @@ pub struct Checkpoint {
 }
 
 fn bad(path: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::BadCheckpoint { path: path.to_string(), reason: reason.into() }
+    ModelError::BadCheckpoint {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl Checkpoint {
@@ -34,7 +37,11 @@ impl Checkpoint {
     pub fn new(path: &Path) -> Self {
         let mut metadata = BTreeMap::new();
         metadata.insert("denoise.format".to_string(), FORMAT.to_string());
-        Self { path: path.display().to_string(), metadata, tensors: BTreeMap::new() }
+        Self {
+            path: path.display().to_string(),
+            metadata,
+            tensors: BTreeMap::new(),
+        }
     }
 
     /// Stores a model's configuration and weights (as f32).
@@ -49,65 +56,100 @@ impl Checkpoint {
 
     /// Adds a tensor, copied to the CPU as f32.
     pub fn insert(&mut self, name: &str, t: &Tensor) -> Result<()> {
-        let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+        let t = t
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
         self.tensors.insert(name.to_string(), t);
         Ok(())
     }
 
     /// A tensor by name, or an error naming the file and the missing tensor.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        self.tensors.get(name).cloned().ok_or_else(|| bad(&self.path, format!("no tensor named {name}")))
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(&self.path, format!("no tensor named {name}")))
     }
 
     /// The model configuration from the metadata.
     pub fn model_config(&self) -> Result<ModelConfig> {
-        let json = self
-            .metadata
-            .get("denoise.model")
-            .ok_or_else(|| bad(&self.path, "no `denoise.model` metadata: not a denoise model checkpoint"))?;
-        serde_json::from_str(json).map_err(|e| bad(&self.path, format!("bad model configuration: {e}")))
+        let json = self.metadata.get("denoise.model").ok_or_else(|| {
+            bad(
+                &self.path,
+                "no `denoise.model` metadata: not a denoise model checkpoint",
+            )
+        })?;
+        serde_json::from_str(json)
+            .map_err(|e| bad(&self.path, format!("bad model configuration: {e}")))
     }
 
     /// Writes the checkpoint atomically (temporary file in the same folder, fsync, rename).
     pub fn save(&self) -> Result<()> {
         let path = PathBuf::from(&self.path);
-        let meta: std::collections::HashMap<String, String> =
-            self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let bytes = safetensors::serialize(self.tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
-            .map_err(|e| bad(&self.path, format!("cannot serialise: {e}")))?;
+        let meta: std::collections::HashMap<String, String> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let bytes = safetensors::serialize(
+            self.tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            Some(meta),
+        )
+        .map_err(|e| bad(&self.path, format!("cannot serialise: {e}")))?;
         write_atomic(&path, &bytes)
     }
 
     /// Reads and validates a checkpoint file.
     pub fn load(path: &Path) -> Result<Self> {
         let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: p.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: p.clone(),
+            source,
+        })?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| bad(&p, format!("not a safetensors file ({e})")))?;
-        let metadata: BTreeMap<String, String> =
-            header.metadata().clone().unwrap_or_default().into_iter().collect();
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         match metadata.get("denoise.format") {
             Some(f) if f == FORMAT => {}
             Some(f) => return Err(bad(&p, format!("format {f}, this build reads {FORMAT}"))),
-            None => return Err(bad(&p, "a safetensors file, but not a denoise checkpoint (no `denoise.format` metadata)")),
+            None => return Err(bad(
+                &p,
+                "a safetensors file, but not a denoise checkpoint (no `denoise.format` metadata)",
+            )),
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| bad(&p, format!("cannot read tensors: {e}")))?
             .into_iter()
             .collect();
-        Ok(Self { path: p, metadata, tensors })
+        Ok(Self {
+            path: p,
+            metadata,
+            tensors,
+        })
     }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io { path: path.display().to_string(), source };
+    let io = |source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

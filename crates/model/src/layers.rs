@@ -5,13 +5,13 @@
 //!   maximum: [`max_pool2x2`] is built from a reshape and two `max` reductions instead, whose
 //!   backward routes the whole gradient to the maximum.
 //! - the CPU `conv_transpose2d` is a slow direct loop, and candle's conv2d backward runs the input
-//!   gradient through it: [`Conv2d`] on the CPU is a custom op whose backward computes the input
-//!   gradient as a forward convolution with the flipped, transposed kernel (im2col + gemm), and
-//!   fuses bias and ReLU; [`ConvTranspose2x2`] is a single matrix product.
+//!   gradient through it: [`Conv2d`] on the CPU is a custom op running our own im2col + gemm
+//!   kernels ([`crate::cpu_conv`]) forward and backward, with bias and ReLU fused;
+//!   [`ConvTranspose2x2`] is a single matrix product.
 
-use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
+
+use crate::cpu_conv::{self, ConvShape, Float};
 use rand::Rng;
 
 use crate::params::{ParamStore, Rng64};
@@ -37,26 +37,52 @@ impl Conv2d {
         relu: bool,
     ) -> Result<Self> {
         let fan_in = c_in * kernel * kernel;
-        let weight = store.uniform(&format!("{name}.weight"), &[c_out, c_in, kernel, kernel], fan_in)?;
+        let weight = store.uniform(
+            &format!("{name}.weight"),
+            &[c_out, c_in, kernel, kernel],
+            fan_in,
+        )?;
         let bias = store.uniform(&format!("{name}.bias"), &[c_out], fan_in)?;
-        Ok(Self { weight, bias, kernel, relu })
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            relu,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-            let op = FusedConv { padding: self.kernel / 2, relu: self.relu };
+            let op = FusedConv {
+                padding: self.kernel / 2,
+                relu: self.relu,
+            };
             return Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?);
         }
-        reference_conv(&x, self.weight.as_tensor(), self.bias.as_tensor(), self.kernel / 2, self.relu)
+        reference_conv(
+            &x,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            self.kernel / 2,
+            self.relu,
+        )
     }
 }
 
 /// The same convolution from candle's own ops (and candle's own backward): the reference that
 /// the fused CPU op is tested against, and the path on other devices.
-pub fn reference_conv(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, relu: bool) -> Result<Tensor> {
+pub fn reference_conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let c_out = w.dim(0)?;
-    let y = x.conv2d(w, padding, 1, 1, 1)?.broadcast_add(&b.reshape((1, c_out, 1, 1))?)?;
+    let y = x
+        .conv2d(w, padding, 1, 1, 1)?
+        .broadcast_add(&b.reshape((1, c_out, 1, 1))?)?;
     Ok(if relu { y.relu()? } else { y })
 }
 
@@ -66,46 +92,65 @@ struct FusedConv {
     relu: bool,
 }
 
-fn wrap(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    // A fresh, untracked tensor over a copy of the storage, with the layout's offset and shape.
-    let storage = s.try_clone(l)?;
-    let len = match &storage {
-        CpuStorage::F32(v) => v.len(),
-        CpuStorage::F64(v) => v.len(),
-        _ => candle_core::bail!("fused conv: only f32 and f64 are supported"),
-    };
-    let t = Tensor::from_storage(Storage::Cpu(storage), len, BackpropOp::none(), false);
-    if !l.is_contiguous() {
-        candle_core::bail!("fused conv: the input must be contiguous");
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("fused conv: the input must be contiguous"),
     }
-    t.narrow(0, l.start_offset(), l.shape().elem_count())?.reshape(l.shape())
 }
 
-fn bias_relu<T: Copy + PartialOrd + std::ops::Add<Output = T> + Default>(
-    y: &[T],
-    b: &[T],
-    c_out: usize,
-    plane: usize,
-    relu: bool,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(y.len());
-    for (i, chunk) in y.chunks(plane).enumerate() {
-        let bias = b[i % c_out];
-        if relu {
-            let zero = T::default();
-            out.extend(chunk.iter().map(|&v| {
-                let s = v + bias;
-                if s > zero {
-                    s
-                } else {
-                    zero
-                }
-            }));
-        } else {
-            out.extend(chunk.iter().map(|&v| v + bias));
+fn to_vec<T: candle_core::WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+impl FusedConv {
+    fn shape(&self, x: &Layout, w: &Layout) -> candle_core::Result<ConvShape> {
+        let (n, c_in, h, wd) = x.shape().dims4()?;
+        let (c_out, c_in_k, k, k2) = w.shape().dims4()?;
+        if c_in != c_in_k || k != k2 || k % 2 == 0 || self.padding != k / 2 {
+            candle_core::bail!(
+                "fused conv: input {:?} and kernel {:?} do not fit",
+                x.shape(),
+                w.shape()
+            );
         }
+        Ok(ConvShape {
+            n,
+            c_in,
+            c_out,
+            h,
+            w: wd,
+            k,
+        })
     }
-    out
+
+    fn backward<T: Float + candle_core::WithDType>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let s = self.shape(x.layout(), w.layout())?;
+        let xv = to_vec::<T>(x)?;
+        let wv = to_vec::<T>(w)?;
+        let mut dy = to_vec::<T>(grad)?;
+        if self.relu {
+            // PyTorch's rule: the gradient passes where the output is positive.
+            for (d, r) in dy.iter_mut().zip(to_vec::<T>(res)?) {
+                if !(r > T::ZERO) {
+                    *d = T::ZERO;
+                }
+            }
+        }
+        let (dx, dw, db) = cpu_conv::backward(&s, &xv, &wv, &dy);
+        let dev = x.device();
+        Ok((
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(dw, w.shape(), dev)?,
+            Tensor::from_vec(db, s.c_out, dev)?,
+        ))
+    }
 }
 
 impl CustomOp3 for FusedConv {
@@ -122,24 +167,20 @@ impl CustomOp3 for FusedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = wrap(s1, l1)?;
-        let w = wrap(s2, l2)?;
-        let b = wrap(s3, l3)?.contiguous()?;
-        let y = x.conv2d(&w, self.padding, 1, 1, 1)?.contiguous()?;
-        let (n, c, h, wd) = y.dims4()?;
-        let plane = h * wd;
-        let (st, _) = y.storage_and_layout();
-        let (bs, _) = b.storage_and_layout();
-        let out = match (&*st, &*bs) {
-            (Storage::Cpu(CpuStorage::F32(y)), Storage::Cpu(CpuStorage::F32(b))) => {
-                CpuStorage::F32(bias_relu(y, b, c, plane, self.relu))
+        let s = self.shape(l1, l2)?;
+        let out_shape = Shape::from((s.n, s.c_out, s.h, s.w));
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(
+                cpu_conv::forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, self.relu),
+            ),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(
+                cpu_conv::forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, self.relu),
+            ),
+            _ => {
+                candle_core::bail!("fused conv: input, weight and bias must all be f32 or all f64")
             }
-            (Storage::Cpu(CpuStorage::F64(y)), Storage::Cpu(CpuStorage::F64(b))) => {
-                CpuStorage::F64(bias_relu(y, b, c, plane, self.relu))
-            }
-            _ => candle_core::bail!("fused conv: input, weight and bias must share a float dtype"),
         };
-        Ok((out, Shape::from((n, c, h, wd))))
+        Ok((out, out_shape))
     }
 
     fn bwd(
@@ -150,28 +191,12 @@ impl CustomOp3 for FusedConv {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let x = x.detach();
-        let w = w.detach();
-        let grad = if self.relu {
-            // PyTorch's rule: the gradient passes where the output is positive.
-            (grad * res.gt(0.0)?.to_dtype(grad.dtype())?)?
-        } else {
-            grad.clone()
+        let (dx, dw, db) = match x.dtype() {
+            DType::F32 => self.backward::<f32>(x, w, res, grad)?,
+            DType::F64 => self.backward::<f64>(x, w, res, grad)?,
+            dt => candle_core::bail!("fused conv: unsupported dtype {dt:?}"),
         };
-        let grad_b = grad.sum((0, 2, 3))?;
-        // d/dx: a forward convolution with the kernel transposed and flipped in space.
-        let k = w.dim(2)?;
-        let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, w.device())?;
-        let w_t = w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3)?;
-        let grad_x = grad.conv2d(&w_t, self.padding, 1, 1, 1)?;
-        // d/dw: correlate the input with the output gradient, batch as the reduced dimension.
-        let grad_w = x
-            .transpose(0, 1)?
-            .contiguous()?
-            .conv2d(&grad.transpose(0, 1)?.contiguous()?, self.padding, 1, 1, 1)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 

@@ -8,6 +8,7 @@
 //! files through [`checkpoint`].
 
 pub mod checkpoint;
+pub mod cpu_conv;
 pub mod layers;
 pub mod params;
 pub mod seed_unet;
@@ -23,7 +24,12 @@ pub use seed_unet::{SeedUnet, SeedUnetConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("image size {h}x{w} is not a multiple of {multiple} (the network downsamples {levels} times)")]
-    BadSize { h: usize, w: usize, multiple: usize, levels: usize },
+    BadSize {
+        h: usize,
+        w: usize,
+        multiple: usize,
+        levels: usize,
+    },
     #[error("expected {expected} input channels, got a tensor of shape {shape:?}")]
     BadChannels { expected: usize, shape: Vec<usize> },
     #[error("checkpoint {path}: {reason}")]
@@ -117,11 +123,19 @@ impl Model {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
         if dims.len() != 4 || dims[1] != self.channels() {
-            return Err(ModelError::BadChannels { expected: self.channels(), shape: dims.to_vec() });
+            return Err(ModelError::BadChannels {
+                expected: self.channels(),
+                shape: dims.to_vec(),
+            });
         }
         let m = self.size_multiple();
         if dims[2] % m != 0 || dims[3] % m != 0 || dims[2] == 0 || dims[3] == 0 {
-            return Err(ModelError::BadSize { h: dims[2], w: dims[3], multiple: m, levels: 3 });
+            return Err(ModelError::BadSize {
+                h: dims[2],
+                w: dims[3],
+                multiple: m,
+                levels: 3,
+            });
         }
         Ok(())
     }
@@ -147,7 +161,10 @@ impl Model {
 
     /// The weights as named tensors, for a checkpoint.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        self.vars()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Overwrites the weights with those of a checkpoint (names and shapes must match).

@@ -31,7 +31,12 @@ impl ParamStore {
 
     /// A store whose parameters have `dtype` (f64 serves the finite-difference tests).
     pub fn with_dtype(device: &Device, dtype: DType, seed: u64) -> Self {
-        Self { vars: Vec::new(), device: device.clone(), dtype, rng: rng(seed) }
+        Self {
+            vars: Vec::new(),
+            device: device.clone(),
+            dtype,
+            rng: rng(seed),
+        }
     }
 
     /// A new parameter drawn uniformly from `+-1/sqrt(fan_in)`: PyTorch's default for both the
@@ -39,8 +44,9 @@ impl ParamStore {
     pub fn uniform(&mut self, name: &str, shape: &[usize], fan_in: usize) -> Result<Var> {
         let bound = 1.0 / (fan_in as f64).sqrt();
         let n: usize = shape.iter().product();
-        let v: Vec<f32> =
-            (0..n).map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| ((self.rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         let t = Tensor::from_vec(v, shape, &Device::Cpu)?.to_device(&self.device)?;
         self.push(name, t)
     }

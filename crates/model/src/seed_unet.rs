@@ -97,7 +97,12 @@ impl SeedUnet {
     }
 
     /// As [`SeedUnet::new`], with parameters of another float dtype.
-    pub fn with_dtype(config: SeedUnetConfig, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+    pub fn with_dtype(
+        config: SeedUnetConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
         let mut s = ParamStore::with_dtype(device, dtype, seed);
         let (c, b) = (config.channels, config.base);
         let enc1 = DoubleConv::new(&mut s, "enc1", c, b)?;
@@ -112,7 +117,21 @@ impl SeedUnet {
         let dec1 = DoubleConv::new(&mut s, "dec1", 2 * b, b)?;
         let out = Conv2d::new(&mut s, "out", b, c, 1, false)?;
         let vars = s.into_vars();
-        Ok(Self { config, enc1, enc2, enc3, mid, up3, dec3, up2, dec2, up1, dec1, out, vars })
+        Ok(Self {
+            config,
+            enc1,
+            enc2,
+            enc3,
+            mid,
+            up3,
+            dec3,
+            up2,
+            dec2,
+            up1,
+            dec1,
+            out,
+            vars,
+        })
     }
 
     /// The parameters, named as in PyTorch's `state_dict`.
@@ -128,9 +147,17 @@ impl SeedUnet {
         let m = self.mid.forward(&max_pool2x2(&e3)?)?;
         let m = dropout(&m, self.config.mid_dropout, rng.as_deref_mut())?;
         let d3 = Tensor::cat(&[&self.up3.forward(&m)?, &e3], 1)?;
-        let d3 = dropout(&self.dec3.forward(&d3)?, self.config.dec_dropout, rng.as_deref_mut())?;
+        let d3 = dropout(
+            &self.dec3.forward(&d3)?,
+            self.config.dec_dropout,
+            rng.as_deref_mut(),
+        )?;
         let d2 = Tensor::cat(&[&self.up2.forward(&d3)?, &e2], 1)?;
-        let d2 = dropout(&self.dec2.forward(&d2)?, self.config.dec_dropout, rng.as_deref_mut())?;
+        let d2 = dropout(
+            &self.dec2.forward(&d2)?,
+            self.config.dec_dropout,
+            rng.as_deref_mut(),
+        )?;
         let d1 = Tensor::cat(&[&self.up1.forward(&d2)?, &e1], 1)?;
         let d1 = self.dec1.forward(&d1)?;
         let noise = self.out.forward(&d1)?;

@@ -2,7 +2,10 @@ use candle_core::{Device, Tensor};
 use denoise_model::{Checkpoint, Model, ModelConfig, ModelError, SeedUnetConfig};
 
 fn small() -> ModelConfig {
-    ModelConfig::SeedUnet(SeedUnetConfig { base: 8, ..Default::default() })
+    ModelConfig::SeedUnet(SeedUnetConfig {
+        base: 8,
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -16,7 +19,14 @@ fn a_checkpoint_describes_itself_and_round_trips() {
     let x = Tensor::rand(0f32, 1f32, (1, 3, 16, 24), &Device::Cpu).unwrap();
     let a = model.forward(&x, None).unwrap();
     let b = loaded.forward(&x, None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
     // No temporary file is left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -27,7 +37,15 @@ fn same_seed_same_weights() {
     let a = Model::new(&small(), &Device::Cpu, 5).unwrap();
     let b = Model::new(&small(), &Device::Cpu, 5).unwrap();
     let c = Model::new(&small(), &Device::Cpu, 6).unwrap();
-    let w = |m: &Model| m.vars()[4].1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = |m: &Model| {
+        m.vars()[4]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     assert_eq!(w(&a), w(&b));
     assert_ne!(w(&a), w(&c));
 }
@@ -46,10 +64,16 @@ fn bad_files_are_clear_errors() {
 
     // A valid model file cut short.
     let path = dir.path().join("m.safetensors");
-    Model::new(&small(), &Device::Cpu, 0).unwrap().save(&path).unwrap();
+    Model::new(&small(), &Device::Cpu, 0)
+        .unwrap()
+        .save(&path)
+        .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(matches!(Model::load(&path, &Device::Cpu), Err(ModelError::BadCheckpoint { .. })));
+    assert!(matches!(
+        Model::load(&path, &Device::Cpu),
+        Err(ModelError::BadCheckpoint { .. })
+    ));
 
     // A checkpoint without model metadata.
     let other = dir.path().join("other.safetensors");
@@ -62,7 +86,13 @@ fn bad_files_are_clear_errors() {
 fn input_sizes_are_checked() {
     let m = Model::new(&small(), &Device::Cpu, 0).unwrap();
     let x = Tensor::zeros((1, 3, 20, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(m.forward(&x, None), Err(ModelError::BadSize { .. })));
+    assert!(matches!(
+        m.forward(&x, None),
+        Err(ModelError::BadSize { .. })
+    ));
     let x = Tensor::zeros((1, 1, 16, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(m.forward(&x, None), Err(ModelError::BadChannels { .. })));
+    assert!(matches!(
+        m.forward(&x, None),
+        Err(ModelError::BadChannels { .. })
+    ));
 }

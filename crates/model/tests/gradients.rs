@@ -10,36 +10,84 @@ use denoise_model::{SeedUnet, SeedUnetConfig};
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = denoise_model::rng(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|_| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-    let b = b.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let a = a
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 /// Fused conv (forward, input, weight and bias gradients) against candle's conv2d + bias + ReLU.
 #[test]
 fn fused_conv_matches_candle_conv() {
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
-        for (kernel, relu, c_in, c_out, hw) in [(3, true, 5, 7, 8), (3, false, 4, 3, 16), (1, false, 6, 3, 8)] {
+        // Shapes that take every path: one group, several groups run in parallel, 1x1 kernels.
+        for (n, kernel, relu, c_in, c_out, hw) in [
+            (2, 3, true, 5, 7, 8),
+            (2, 3, false, 4, 3, 16),
+            (2, 1, false, 6, 3, 8),
+            (5, 3, true, 3, 4, 32),
+            (3, 3, true, 2, 3, 24),
+        ] {
             let mut store = ParamStore::with_dtype(&Device::Cpu, dtype, 1);
             let conv = Conv2d::new(&mut store, "c", c_in, c_out, kernel, relu).unwrap();
-            let x = Var::from_tensor(&rand(&[2, c_in, hw, hw], 2).to_dtype(dtype).unwrap()).unwrap();
-            let upstream = rand(&[2, c_out, hw, hw], 3).to_dtype(dtype).unwrap();
+            let x =
+                Var::from_tensor(&rand(&[n, c_in, hw, hw], 2).to_dtype(dtype).unwrap()).unwrap();
+            let upstream = rand(&[n, c_out, hw, hw], 3).to_dtype(dtype).unwrap();
             let ours = conv.forward(x.as_tensor()).unwrap();
-            let theirs =
-                reference_conv(x.as_tensor(), conv.weight.as_tensor(), conv.bias.as_tensor(), kernel / 2, relu).unwrap();
+            let theirs = reference_conv(
+                x.as_tensor(),
+                conv.weight.as_tensor(),
+                conv.bias.as_tensor(),
+                kernel / 2,
+                relu,
+            )
+            .unwrap();
             assert!(max_rel(&ours, &theirs) < tol, "forward");
-            let g1 = (ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            for t in [x.as_tensor(), conv.weight.as_tensor(), conv.bias.as_tensor()] {
+            let g1 = (ours * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for t in [
+                x.as_tensor(),
+                conv.weight.as_tensor(),
+                conv.bias.as_tensor(),
+            ] {
                 let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
-                assert!(e < tol, "gradient error {e} (k={kernel}, relu={relu}, {dtype:?})");
+                assert!(
+                    e < tol,
+                    "gradient error {e} (k={kernel}, relu={relu}, {dtype:?})"
+                );
             }
         }
     }
@@ -59,8 +107,18 @@ fn conv_transpose_matches_candle() {
         .broadcast_add(&up.bias.as_tensor().reshape((1, 4, 1, 1)).unwrap())
         .unwrap();
     assert!(max_rel(&ours, &theirs) < 1e-12);
-    let g1 = (ours * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (theirs * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    let g1 = (ours * &upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = (theirs * &upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for t in [x.as_tensor(), up.weight.as_tensor(), up.bias.as_tensor()] {
         assert!(max_rel(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
     }
@@ -74,9 +132,25 @@ fn max_pool_gradient_goes_whole_to_the_maximum() {
     let reference = x.as_tensor().max_pool2d(2).unwrap();
     assert!(max_rel(&y, &reference) < 1e-15);
     let upstream = rand(&[2, 3, 3, 4], 8);
-    let g = (y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let xs = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = (y * &upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let xs = x
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let up = upstream.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     // Expected: for each window, the upstream value at the argmax, zero elsewhere.
     let mut want = vec![0f64; xs.len()];
@@ -102,31 +176,62 @@ fn max_pool_gradient_goes_whole_to_the_maximum() {
 /// differences of the (f64) network.
 #[test]
 fn seed_unet_gradients_match_finite_differences() {
-    let cfg = SeedUnetConfig { base: 4, ..Default::default() };
+    let cfg = SeedUnetConfig {
+        base: 4,
+        ..Default::default()
+    };
     let net = SeedUnet::with_dtype(cfg, &Device::Cpu, DType::F64, 11).unwrap();
-    let x = (rand(&[2, 3, 16, 16], 12) * 0.5).unwrap().affine(1.0, 0.5).unwrap();
+    let x = (rand(&[2, 3, 16, 16], 12) * 0.5)
+        .unwrap()
+        .affine(1.0, 0.5)
+        .unwrap();
     let target = (rand(&[2, 3, 16, 16], 13) * 0.5).unwrap();
     let loss = |net: &SeedUnet| {
         let y = net.forward(&x, None).unwrap();
-        ((y - &target).unwrap().sqr().unwrap().sum_all().unwrap()).to_scalar::<f64>().unwrap()
+        ((y - &target).unwrap().sqr().unwrap().sum_all().unwrap())
+            .to_scalar::<f64>()
+            .unwrap()
     };
     let y = net.forward(&x, None).unwrap();
-    let grads = (y - &target).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (y - &target)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let eps = 1e-5;
     for (name, var) in net.vars() {
-        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         for idx in [0, base.len() / 3, base.len() - 1] {
             let set = |delta: f64| {
                 let mut v = base.clone();
                 v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 loss(&net)
             };
             let fd = (set(eps) - set(-eps)) / (2.0 * eps);
             set(0.0);
             let err = (fd - g[idx]).abs() / (1e-3 + fd.abs().max(g[idx].abs()));
-            assert!(err < 1e-3, "{name}[{idx}]: backprop {} vs finite differences {fd}", g[idx]);
+            assert!(
+                err < 1e-3,
+                "{name}[{idx}]: backprop {} vs finite differences {fd}",
+                g[idx]
+            );
         }
     }
 }

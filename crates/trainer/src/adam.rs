@@ -18,7 +18,13 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        }
     }
 }
 
@@ -36,7 +42,11 @@ impl Adam {
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.clone(), v.zeros_like()?, v.zeros_like()?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, state, step: 0 })
+        Ok(Self {
+            config,
+            state,
+            step: 0,
+        })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -47,16 +57,28 @@ impl Adam {
     /// left alone (as PyTorch skips parameters whose `.grad` is `None`).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
-        let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.config;
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
         let t = self.step as i32;
         let bc1 = 1.0 - beta1.powi(t);
         let bc2 = 1.0 - beta2.powi(t);
         let step_size = lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         for (_, var, m, v) in self.state.iter_mut() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let p = var.as_tensor();
-            let g = if weight_decay != 0.0 { (g + (p * weight_decay)?)? } else { g.clone() };
+            let g = if weight_decay != 0.0 {
+                (g + (p * weight_decay)?)?
+            } else {
+                g.clone()
+            };
             *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
             *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;

@@ -85,7 +85,8 @@ impl TrainConfig {
         } else {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
-        let cfg: Self = parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let cfg: Self =
+            parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -127,7 +128,10 @@ impl TrainConfig {
             return bad("weight_decay must be >= 0 and eps > 0".into());
         }
         if !(0.0..=1.0).contains(&self.ssim_weight) {
-            return bad(format!("ssim_weight must be in [0, 1], got {}", self.ssim_weight));
+            return bad(format!(
+                "ssim_weight must be in [0, 1], got {}",
+                self.ssim_weight
+            ));
         }
         if self.sigma_min < 0.0 || self.sigma_max < self.sigma_min {
             return bad(format!(

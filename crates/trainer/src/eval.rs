@@ -29,7 +29,10 @@ pub struct EvalResult {
 pub fn noisy_image(set: &ImageSet, i: usize, sigma: f64, seed: u64) -> Vec<f32> {
     let mut rng = rng_for(&[seed, 0x4556_414c, sigma.to_bits(), i as u64]);
     let s = (sigma / 255.0) as f32;
-    set.image(i).iter().map(|&p| p as f32 / 255.0 + s * normal(&mut rng)).collect()
+    set.image(i)
+        .iter()
+        .map(|&p| p as f32 / 255.0 + s * normal(&mut rng))
+        .collect()
 }
 
 /// Denoises a batch `(n, c, h, w)` and clips the result to `[0, 1]`.
@@ -62,14 +65,22 @@ pub fn evaluate(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    bar.set_style(indicatif::ProgressStyle::with_template("evaluating {bar:30} {pos}/{len} images {per_sec} eta {eta}").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "evaluating {bar:30} {pos}/{len} images {per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
     let mut out = Vec::new();
     for &sigma in sigmas {
         let (mut np, mut ns, mut dp, mut ds) = (vec![], vec![], vec![], vec![]);
         for start in (0..set.n).step_by(batch.max(1)) {
             let idx: Vec<usize> = (start..(start + batch.max(1)).min(set.n)).collect();
             let clean: Vec<f32> = idx.iter().flat_map(|&i| set.image_f32(i)).collect();
-            let noisy: Vec<f32> = idx.iter().flat_map(|&i| noisy_image(set, i, sigma, seed)).collect();
+            let noisy: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| noisy_image(set, i, sigma, seed))
+                .collect();
             let clean = Tensor::from_vec(clean, shape(idx.len()), &Device::Cpu)?;
             let noisy = Tensor::from_vec(noisy, shape(idx.len()), &Device::Cpu)?;
             let den = denoise_batch(model, &noisy.to_device(device)?)?.to_device(&Device::Cpu)?;
@@ -135,15 +146,34 @@ pub fn write_grid(
     let pad = 2;
     let rows = 3 * sigmas.len();
     let (cw, ch) = ((w * scale + pad) as u32, (h * scale + pad) as u32);
-    let mut canvas = image::RgbImage::from_pixel(cw * k as u32 + pad as u32, ch * rows as u32 + pad as u32, image::Rgb([255, 255, 255]));
-    let clean = Tensor::from_vec((0..k).flat_map(|i| set.image_f32(i)).collect::<Vec<_>>(), (k, c, h, w), &Device::Cpu)?;
+    let mut canvas = image::RgbImage::from_pixel(
+        cw * k as u32 + pad as u32,
+        ch * rows as u32 + pad as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let clean = Tensor::from_vec(
+        (0..k).flat_map(|i| set.image_f32(i)).collect::<Vec<_>>(),
+        (k, c, h, w),
+        &Device::Cpu,
+    )?;
     for (si, &sigma) in sigmas.iter().enumerate() {
-        let noisy = Tensor::from_vec((0..k).flat_map(|i| noisy_image(set, i, sigma, seed)).collect::<Vec<_>>(), (k, c, h, w), &Device::Cpu)?;
+        let noisy = Tensor::from_vec(
+            (0..k)
+                .flat_map(|i| noisy_image(set, i, sigma, seed))
+                .collect::<Vec<_>>(),
+            (k, c, h, w),
+            &Device::Cpu,
+        )?;
         let den = denoise_batch(model, &noisy.to_device(device)?)?.to_device(&Device::Cpu)?;
         for (r, t) in [&noisy, &den, &clean].into_iter().enumerate() {
             for i in 0..k {
                 let img = to_rgb(&t.get(i)?)?;
-                let img = image::imageops::resize(&img, (w * scale) as u32, (h * scale) as u32, image::imageops::FilterType::Nearest);
+                let img = image::imageops::resize(
+                    &img,
+                    (w * scale) as u32,
+                    (h * scale) as u32,
+                    image::imageops::FilterType::Nearest,
+                );
                 let x0 = pad as u32 + i as u32 * cw;
                 let y0 = pad as u32 + (3 * si + r) as u32 * ch;
                 image::imageops::replace(&mut canvas, &img, x0 as i64, y0 as i64);
@@ -156,8 +186,11 @@ pub fn write_grid(
 /// Saves an RGB image as PNG through a temporary file and a rename.
 pub fn save_png_atomic(img: &image::RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| TrainError::Plot(format!("{}: {e}", path.display())))?;
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| TrainError::Plot(format!("{}: {e}", path.display())))?;
     denoise_model::checkpoint::write_atomic(path, &bytes)?;
     Ok(())
 }

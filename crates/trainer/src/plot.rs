@@ -55,8 +55,16 @@ pub fn plot_losses(out_dir: &Path) -> Result<()> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let val: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.val_loss)).collect();
-    let all: Vec<f64> = steps.iter().chain(&val).map(|p| p.1).filter(|v| v.is_finite()).collect();
+    let val: Vec<(f64, f64)> = records
+        .iter()
+        .map(|r| (r.step as f64, r.val_loss))
+        .collect();
+    let all: Vec<f64> = steps
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .collect();
     if all.is_empty() {
         return Err(TrainError::Plot("nothing to plot yet".into()));
     }
@@ -74,23 +82,52 @@ pub fn plot_losses(out_dir: &Path) -> Result<()> {
         let mut builder = ChartBuilder::on(&root);
         builder.margin(15);
         if text {
-            builder.caption("training and validation loss", ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(60);
+            builder
+                .caption("training and validation loss", ("sans-serif", 22))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
         }
-        let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad)).map_err(perr)?;
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
+            .map_err(perr)?;
         if text {
-            chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(perr)?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("loss")
+                .draw()
+                .map_err(perr)?;
         } else {
-            chart.configure_mesh().disable_x_mesh().disable_y_mesh().draw().map_err(perr)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .disable_y_mesh()
+                .draw()
+                .map_err(perr)?;
         }
-        let train = chart.draw_series(LineSeries::new(steps.iter().cloned(), BLUE.stroke_width(2))).map_err(perr)?;
+        let train = chart
+            .draw_series(LineSeries::new(steps.iter().cloned(), BLUE.stroke_width(2)))
+            .map_err(perr)?;
         if text {
-            train.label("train").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+            train
+                .label("train")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
         }
-        chart.draw_series(val.iter().map(|&p| Circle::new(p, 4, RED.filled()))).map_err(perr)?;
-        let v = chart.draw_series(LineSeries::new(val.iter().cloned(), RED.stroke_width(2))).map_err(perr)?;
+        chart
+            .draw_series(val.iter().map(|&p| Circle::new(p, 4, RED.filled())))
+            .map_err(perr)?;
+        let v = chart
+            .draw_series(LineSeries::new(val.iter().cloned(), RED.stroke_width(2)))
+            .map_err(perr)?;
         if text {
-            v.label("validation").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-            chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(perr)?;
+            v.label("validation")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            chart
+                .configure_series_labels()
+                .background_style(WHITE)
+                .border_style(BLACK)
+                .draw()
+                .map_err(perr)?;
         }
         root.present().map_err(perr)?;
     }

@@ -13,7 +13,11 @@ pub struct StepLr {
 impl StepLr {
     /// The rate during epoch `epoch` (counted from 0).
     pub fn lr(&self, epoch: usize) -> f64 {
-        let k = if self.step_size == 0 { 0 } else { epoch / self.step_size };
+        let k = if self.step_size == 0 {
+            0
+        } else {
+            epoch / self.step_size
+        };
         self.base_lr * self.gamma.powi(k as i32)
     }
 }
@@ -28,7 +32,11 @@ pub struct EarlyStopping {
 
 impl EarlyStopping {
     pub fn new(patience: usize) -> Self {
-        Self { patience, best: None, bad_epochs: 0 }
+        Self {
+            patience,
+            best: None,
+            bad_epochs: 0,
+        }
     }
 
     /// Records a validation loss; returns whether it is the best so far.
@@ -54,7 +62,11 @@ mod tests {
 
     #[test]
     fn step_lr_matches_pytorch() {
-        let s = StepLr { base_lr: 1e-3, step_size: 10, gamma: 0.7 };
+        let s = StepLr {
+            base_lr: 1e-3,
+            step_size: 10,
+            gamma: 0.7,
+        };
         assert_eq!(s.lr(0), 1e-3);
         assert_eq!(s.lr(9), 1e-3);
         assert!((s.lr(10) - 7e-4).abs() < 1e-15);

@@ -76,7 +76,11 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { resume: false, progress: false, stop: Arc::new(AtomicBool::new(false)) }
+        Self {
+            resume: false,
+            progress: false,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -91,12 +95,17 @@ pub fn read_state(out_dir: &Path) -> Result<Option<TrainState>> {
 }
 
 fn state_of(ckpt: &Checkpoint) -> Result<TrainState> {
-    let json = ckpt.metadata.get("denoise.train").ok_or_else(|| TrainError::Resume {
+    let json = ckpt
+        .metadata
+        .get("denoise.train")
+        .ok_or_else(|| TrainError::Resume {
+            path: ckpt.path.clone(),
+            reason: "no training state (`denoise.train` metadata): not a last.safetensors".into(),
+        })?;
+    serde_json::from_str(json).map_err(|e| TrainError::Resume {
         path: ckpt.path.clone(),
-        reason: "no training state (`denoise.train` metadata): not a last.safetensors".into(),
-    })?;
-    serde_json::from_str(json)
-        .map_err(|e| TrainError::Resume { path: ckpt.path.clone(), reason: format!("bad training state: {e}") })
+        reason: format!("bad training state: {e}"),
+    })
 }
 
 fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -107,7 +116,13 @@ fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tenso
 }
 
 /// Validation loss and PSNR over the fixed validation batches.
-fn validate(model: &Model, set: &ImageSet, cfg: &BatchConfig, loss: &MixLoss, device: &Device) -> Result<(f64, f64)> {
+fn validate(
+    model: &Model,
+    set: &ImageSet,
+    cfg: &BatchConfig,
+    loss: &MixLoss,
+    device: &Device,
+) -> Result<(f64, f64)> {
     let (mut total, mut total_psnr, mut n) = (0f64, 0f64, 0usize);
     for b in validation_batches(set, cfg) {
         let (noisy, clean) = to_tensors(&b, device)?;
@@ -120,12 +135,21 @@ fn validate(model: &Model, set: &ImageSet, cfg: &BatchConfig, loss: &MixLoss, de
     Ok((total / n.max(1) as f64, total_psnr / n.max(1) as f64))
 }
 
-fn save_checkpoint(path: &Path, model: &Model, adam: Option<&Adam>, state: &TrainState) -> Result<()> {
+fn save_checkpoint(
+    path: &Path,
+    model: &Model,
+    adam: Option<&Adam>,
+    state: &TrainState,
+) -> Result<()> {
     let mut ckpt = Checkpoint::new(path);
     ckpt.set_model(model)?;
-    ckpt.metadata.insert("denoise.train".into(), serde_json::to_string(state).expect("state serialises"));
+    ckpt.metadata.insert(
+        "denoise.train".into(),
+        serde_json::to_string(state).expect("state serialises"),
+    );
     if let Some(adam) = adam {
-        ckpt.metadata.insert("denoise.adam_step".into(), adam.step.to_string());
+        ckpt.metadata
+            .insert("denoise.adam_step".into(), adam.step.to_string());
         for (name, _, m, v) in &adam.state {
             ckpt.insert(&format!("adam.m.{name}"), m)?;
             ckpt.insert(&format!("adam.v.{name}"), v)?;
@@ -136,12 +160,22 @@ fn save_checkpoint(path: &Path, model: &Model, adam: Option<&Adam>, state: &Trai
 }
 
 fn append(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))?;
     writeln!(f, "{line}").map_err(io_err(path))
 }
 
 /// Trains a model on `data` into `out_dir` (see the crate docs for the files written).
-pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Device, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train(
+    config: &TrainConfig,
+    data: &Splits,
+    out_dir: &Path,
+    device: &Device,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     config.validate()?;
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let model_config = config.model_config().expect("validated");
@@ -163,14 +197,28 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         if model.config().arch() != config.arch {
             return Err(TrainError::Resume {
                 path: ckpt.path.clone(),
-                reason: format!("it holds a {} model, the configuration asks for {}", model.config().arch(), config.arch),
+                reason: format!(
+                    "it holds a {} model, the configuration asks for {}",
+                    model.config().arch(),
+                    config.arch
+                ),
             });
         }
         let mut adam = Adam::new(model.vars(), adam_config)?;
-        adam.step = ckpt.metadata.get("denoise.adam_step").and_then(|s| s.parse().ok()).unwrap_or(state.global_step);
+        adam.step = ckpt
+            .metadata
+            .get("denoise.adam_step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(state.global_step);
         for (name, var, m, v) in adam.state.iter_mut() {
-            *m = ckpt.tensor(&format!("adam.m.{name}"))?.to_device(device)?.to_dtype(var.dtype())?;
-            *v = ckpt.tensor(&format!("adam.v.{name}"))?.to_device(device)?.to_dtype(var.dtype())?;
+            *m = ckpt
+                .tensor(&format!("adam.m.{name}"))?
+                .to_device(device)?
+                .to_dtype(var.dtype())?;
+            *v = ckpt
+                .tensor(&format!("adam.v.{name}"))?
+                .to_device(device)?
+                .to_dtype(var.dtype())?;
         }
         state.config = config.clone();
         state.early.patience = config.patience;
@@ -184,9 +232,15 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         (model, adam, state)
     } else {
         if opts.resume {
-            tracing::warn!("--resume: no {} yet, starting a new run", last_path.display());
+            tracing::warn!(
+                "--resume: no {} yet, starting a new run",
+                last_path.display()
+            );
         } else if last_path.exists() {
-            tracing::warn!("{} exists: starting over (pass --resume to continue it)", last_path.display());
+            tracing::warn!(
+                "{} exists: starting over (pass --resume to continue it)",
+                last_path.display()
+            );
         }
         for f in [METRICS, STEPS] {
             let _ = std::fs::remove_file(out_dir.join(f));
@@ -207,7 +261,12 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         };
         (model, adam, state)
     };
-    tracing::info!("{}: {} parameters on {:?}", config.arch, model.num_params(), device);
+    tracing::info!(
+        "{}: {} parameters on {:?}",
+        config.arch,
+        model.num_params(),
+        device
+    );
     tracing::info!("{}", data.description);
 
     let val_set = if data.val.n > 0 {
@@ -218,7 +277,9 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         data.train.clone()
     };
     if data.train.n == 0 {
-        return Err(TrainError::Config("the dataset has no training images".into()));
+        return Err(TrainError::Config(
+            "the dataset has no training images".into(),
+        ));
     }
     let batch_cfg = BatchConfig {
         batch_size: config.batch,
@@ -227,14 +288,25 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         flip: config.flip,
         seed: config.seed,
     };
-    let val_cfg = BatchConfig { batch_size: config.batch.max(64), ..batch_cfg.clone() };
+    let val_cfg = BatchConfig {
+        batch_size: config.batch.max(64),
+        ..batch_cfg.clone()
+    };
     let loss_fn = MixLoss::new(config.ssim_weight);
-    let sched = StepLr { base_lr: config.lr, step_size: config.lr_step, gamma: config.lr_gamma };
+    let sched = StepLr {
+        base_lr: config.lr,
+        step_size: config.lr_step,
+        gamma: config.lr_gamma,
+    };
 
     let steps_per_epoch = denoise_data::batch::steps_per_epoch(data.train.n, config.batch) as u64;
     let planned = config.epochs as u64 * steps_per_epoch;
     let total = config.max_steps.map_or(planned, |m| m.min(planned));
-    let bar = if opts.progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} eta {eta}",
@@ -247,10 +319,19 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
     if state.finished {
         tracing::info!("this run has already finished (epochs done or stopped early)");
         bar.finish_and_clear();
-        return Ok(TrainSummary { state, out_dir: out_dir.to_path_buf(), stopped_by: "already finished".into() });
+        return Ok(TrainSummary {
+            state,
+            out_dir: out_dir.to_path_buf(),
+            stopped_by: "already finished".into(),
+        });
     }
 
-    let mut batcher = Batcher::start(Arc::new(data.train.clone()), batch_cfg, state.epoch, state.index);
+    let mut batcher = Batcher::start(
+        Arc::new(data.train.clone()),
+        batch_cfg,
+        state.epoch,
+        state.index,
+    );
     let run_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let (mut loss_sum, mut loss_n) = (0f64, 0u64);
@@ -261,7 +342,10 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         // Stop conditions checked before each step.
         if config.max_steps.is_some_and(|m| state.global_step >= m) {
             stopped_by = format!("--max-steps {}", config.max_steps.unwrap());
-        } else if config.time_budget_secs.is_some_and(|t| run_start.elapsed().as_secs_f64() >= t) {
+        } else if config
+            .time_budget_secs
+            .is_some_and(|t| run_start.elapsed().as_secs_f64() >= t)
+        {
             stopped_by = "time budget".into();
         } else if opts.stop.load(Ordering::SeqCst) {
             stopped_by = "interrupted".into();
@@ -275,14 +359,21 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         let b = batcher.next_batch();
         debug_assert_eq!((b.epoch, b.index), (state.epoch, state.index));
         let (noisy, clean) = to_tensors(&b, device)?;
-        let mut drop_rng = denoise_model::rng(denoise_data::noise::mix(&[config.seed, 0x44524f50, state.global_step]));
+        let mut drop_rng = denoise_model::rng(denoise_data::noise::mix(&[
+            config.seed,
+            0x44524f50,
+            state.global_step,
+        ]));
         let out = model.forward(&noisy, Some(&mut drop_rng))?;
         let loss = loss_fn.forward(&out, &clean)?;
         let grads = loss.backward()?;
         adam.step(&grads)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
-            return Err(TrainError::Diverged { step: state.global_step + 1, loss: l });
+            return Err(TrainError::Diverged {
+                step: state.global_step + 1,
+                loss: l,
+            });
         }
         state.global_step += 1;
         state.images_seen += b.n as u64;
@@ -297,21 +388,51 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
         bar.set_message(format!("loss {l:.4} {ips:.1} img/s"));
         bar.set_position(state.global_step);
         if state.global_step % config.log_every.max(1) == 0 {
-            append(&out_dir.join(STEPS), &format!("{},{},{l:.6},{lr:e},{ips:.2},{:.1}", state.global_step, state.epoch, state.elapsed_secs))?;
-            tracing::info!(step = state.global_step, epoch = state.epoch + 1, loss = format!("{l:.4}"), img_per_s = format!("{ips:.1}"), "train");
+            append(
+                &out_dir.join(STEPS),
+                &format!(
+                    "{},{},{l:.6},{lr:e},{ips:.2},{:.1}",
+                    state.global_step, state.epoch, state.elapsed_secs
+                ),
+            )?;
+            tracing::info!(
+                step = state.global_step,
+                epoch = state.epoch + 1,
+                loss = format!("{l:.4}"),
+                img_per_s = format!("{ips:.1}"),
+                "train"
+            );
             window = (Instant::now(), 0);
         }
 
         let epoch_done = state.index as u64 >= steps_per_epoch;
-        let periodic = config.val_every.is_some_and(|v| v > 0 && state.global_step % v == 0);
+        let periodic = config
+            .val_every
+            .is_some_and(|v| v > 0 && state.global_step % v == 0);
         if epoch_done {
             state.epoch += 1;
             state.index = 0;
         }
         if epoch_done || periodic {
-            let stop = validate_and_save(&model, &adam, &mut state, &val_set, &val_cfg, &loss_fn, device, out_dir, &mut loss_sum, &mut loss_n, lr, &bar)?;
+            let stop = validate_and_save(
+                &model,
+                &adam,
+                &mut state,
+                &val_set,
+                &val_cfg,
+                &loss_fn,
+                device,
+                out_dir,
+                &mut loss_sum,
+                &mut loss_n,
+                lr,
+                &bar,
+            )?;
             if stop {
-                stopped_by = format!("early stopping ({} validations without improvement)", config.patience);
+                stopped_by = format!(
+                    "early stopping ({} validations without improvement)",
+                    config.patience
+                );
                 state.finished = true;
             } else if state.epoch >= config.epochs {
                 stopped_by = format!("{} epochs done", config.epochs);
@@ -327,7 +448,20 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
     // A run cut short validates what it has not validated yet, so that best.safetensors exists.
     if loss_n > 0 || !best_path.exists() {
         let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
-        validate_and_save(&model, &adam, &mut state, &val_set, &val_cfg, &loss_fn, device, out_dir, &mut loss_sum, &mut loss_n, lr, &bar)?;
+        validate_and_save(
+            &model,
+            &adam,
+            &mut state,
+            &val_set,
+            &val_cfg,
+            &loss_fn,
+            device,
+            out_dir,
+            &mut loss_sum,
+            &mut loss_n,
+            lr,
+            &bar,
+        )?;
     } else {
         save_checkpoint(&last_path, &model, Some(&adam), &state)?;
     }
@@ -335,8 +469,16 @@ pub fn train(config: &TrainConfig, data: &Splits, out_dir: &Path, device: &Devic
     if let Err(e) = crate::plot::plot_losses(out_dir) {
         tracing::warn!("could not draw {}: {e}", out_dir.join(PLOT).display());
     }
-    tracing::info!("stopped: {stopped_by}; step {}, {:.0} s of training", state.global_step, state.elapsed_secs);
-    Ok(TrainSummary { state, out_dir: out_dir.to_path_buf(), stopped_by })
+    tracing::info!(
+        "stopped: {stopped_by}; step {}, {:.0} s of training",
+        state.global_step,
+        state.elapsed_secs
+    );
+    Ok(TrainSummary {
+        state,
+        out_dir: out_dir.to_path_buf(),
+        stopped_by,
+    })
 }
 
 /// Validates, records, saves `best` when it improved and always `last`; returns whether early
@@ -359,7 +501,11 @@ fn validate_and_save(
     bar.set_message("validating");
     let (val_loss, val_psnr) = validate(model, val_set, val_cfg, loss_fn, device)?;
     let best = state.early.observe(val_loss);
-    let train_loss = if *loss_n > 0 { *loss_sum / *loss_n as f64 } else { f64::NAN };
+    let train_loss = if *loss_n > 0 {
+        *loss_sum / *loss_n as f64
+    } else {
+        f64::NAN
+    };
     let elapsed = state.elapsed_secs.max(1e-9);
     let record = Record {
         epoch: state.epoch,
@@ -372,7 +518,10 @@ fn validate_and_save(
         images_per_s: state.images_seen as f64 / elapsed,
         best,
     };
-    append(&out_dir.join(METRICS), &serde_json::to_string(&record).expect("record serialises"))?;
+    append(
+        &out_dir.join(METRICS),
+        &serde_json::to_string(&record).expect("record serialises"),
+    )?;
     state.history.push(record);
     tracing::info!(
         step = state.global_step,

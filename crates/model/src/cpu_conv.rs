@@ -1,0 +1,323 @@
+//! CPU kernels for stride-1, "same"-padded convolutions: im2col + one gemm per group of images,
+//! with bias and ReLU fused into the output pass, and a backward pass made of the same pieces
+//! (`W^T x grad` then col2im for the input, `grad x cols^T` for the weight).
+//!
+//! Images are processed in groups whose columns make a gemm at least ~1,024 wide, so that the
+//! small deep layers (4x4, 8x8) still run as large matrix products. Groups run in parallel on the
+//! rayon pool when there are enough of them, otherwise gemm itself runs in parallel.
+
+use rayon::prelude::*;
+
+/// The float types the kernels run on.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Default
+    + std::ops::Add<Output = Self>
+    + std::ops::AddAssign
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+}
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// Shape of a convolution: `n` images of `c_in x h x w`, `c_out` kernels of `k x k`, padding `k / 2`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+}
+
+impl ConvShape {
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+    fn kdim(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+    /// Images per group: enough for a gemm about 1,024 columns wide.
+    fn group(&self) -> usize {
+        (1024 / self.plane()).clamp(1, self.n.max(1))
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// `c (m x n) = [c +] a (m x k) * b (k x n)` with explicit row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    b_cs: usize,
+    par: bool,
+) {
+    assert!(c.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(n == 0 || k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let parallelism = if par {
+        gemm::Parallelism::Rayon(threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access of the three matrices inside their slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Columns of images `x[g]` (each `c_in x h x w`): `(c_in k k) x (g h w)`, row-major.
+fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T]) {
+    let (h, w, k) = (s.h, s.w, s.k);
+    let p = s.plane();
+    let width = g * p;
+    let pad = (k / 2) as isize;
+    for c in 0..s.c_in {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = (c * k + ky) * k + kx;
+                let dst_row = &mut cols[row * width..(row + 1) * width];
+                let dx = kx as isize - pad;
+                for img in 0..g {
+                    let src = &x[img * s.c_in * p + c * p..img * s.c_in * p + (c + 1) * p];
+                    let dst = &mut dst_row[img * p..(img + 1) * p];
+                    for y in 0..h {
+                        let sy = y as isize + ky as isize - pad;
+                        let out = &mut dst[y * w..(y + 1) * w];
+                        if sy < 0 || sy >= h as isize {
+                            out.fill(T::ZERO);
+                            continue;
+                        }
+                        let srow = &src[sy as usize * w..(sy as usize + 1) * w];
+                        let x0 = (-dx).max(0) as usize; // first output x with a source pixel
+                        let x1 = (w as isize - dx).min(w as isize).max(0) as usize;
+                        out[..x0.min(w)].fill(T::ZERO);
+                        if x1 > x0 {
+                            let s0 = (x0 as isize + dx) as usize;
+                            out[x0..x1].copy_from_slice(&srow[s0..s0 + (x1 - x0)]);
+                        }
+                        out[x1.max(x0)..].fill(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds columns back into images (the adjoint of [`im2col`]): `dx[g] += col2im(cols)`.
+fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T]) {
+    let (h, w, k) = (s.h, s.w, s.k);
+    let p = s.plane();
+    let width = g * p;
+    let pad = (k / 2) as isize;
+    for c in 0..s.c_in {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = (c * k + ky) * k + kx;
+                let src_row = &cols[row * width..(row + 1) * width];
+                let dxo = kx as isize - pad;
+                for img in 0..g {
+                    let src = &src_row[img * p..(img + 1) * p];
+                    let dst = &mut dx[img * s.c_in * p + c * p..img * s.c_in * p + (c + 1) * p];
+                    for y in 0..h {
+                        let sy = y as isize + ky as isize - pad;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        let x0 = (-dxo).max(0) as usize;
+                        let x1 = (w as isize - dxo).min(w as isize).max(0) as usize;
+                        if x1 <= x0 {
+                            continue;
+                        }
+                        let s0 = (x0 as isize + dxo) as usize;
+                        let drow = &mut dst[sy as usize * w + s0..sy as usize * w + s0 + (x1 - x0)];
+                        for (d, v) in drow.iter_mut().zip(&src[y * w + x0..y * w + x1]) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `relu?(conv(x, w) + b)`: `x` is `(n, c_in, h, w)`, `w` is `(c_out, c_in, k, k)`, `b` is `(c_out)`.
+pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -> Vec<T> {
+    let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
+    let g = s.group();
+    let mut out = vec![T::ZERO; s.n * co * p];
+    let groups = s.n.div_ceil(g);
+    let par_groups = groups >= threads();
+    let run = |(gi, out_chunk): (usize, &mut [T])| {
+        let n0 = gi * g;
+        let gn = g.min(s.n - n0);
+        let mut cols = vec![T::ZERO; kd * gn * p];
+        im2col(s, &x[n0 * s.c_in * p..], gn, &mut cols);
+        let mut tmp = vec![T::ZERO; co * gn * p];
+        gemm(
+            co,
+            gn * p,
+            kd,
+            &mut tmp,
+            false,
+            w,
+            kd,
+            1,
+            &cols,
+            gn * p,
+            1,
+            !par_groups,
+        );
+        for img in 0..gn {
+            for o in 0..co {
+                let src = &tmp[o * gn * p + img * p..o * gn * p + (img + 1) * p];
+                let dst = &mut out_chunk[(img * co + o) * p..(img * co + o + 1) * p];
+                let bias = b[o];
+                if relu {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        let t = *v + bias;
+                        *d = if t > T::ZERO { t } else { T::ZERO };
+                    }
+                } else {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = *v + bias;
+                    }
+                }
+            }
+        }
+    };
+    if par_groups {
+        out.par_chunks_mut(g * co * p).enumerate().for_each(run);
+    } else {
+        out.chunks_mut(g * co * p).enumerate().for_each(run);
+    }
+    out
+}
+
+/// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by the ReLU).
+pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
+    let g = s.group();
+    let groups = s.n.div_ceil(g);
+    let par_groups = groups >= threads();
+    let mut dx = vec![T::ZERO; s.n * s.c_in * p];
+    // One (dw, db) accumulator per group, summed at the end.
+    let run = |(gi, dx_chunk): (usize, &mut [T])| -> (Vec<T>, Vec<T>) {
+        let n0 = gi * g;
+        let gn = g.min(s.n - n0);
+        // The group's output gradient as (c_out, gn p).
+        let mut gy = vec![T::ZERO; co * gn * p];
+        let mut db = vec![T::ZERO; co];
+        for img in 0..gn {
+            for o in 0..co {
+                let src = &dy[((n0 + img) * co + o) * p..((n0 + img) * co + o + 1) * p];
+                gy[o * gn * p + img * p..o * gn * p + (img + 1) * p].copy_from_slice(src);
+                let mut acc = T::ZERO;
+                for v in src {
+                    acc += *v;
+                }
+                db[o] += acc;
+            }
+        }
+        let mut cols = vec![T::ZERO; kd * gn * p];
+        im2col(s, &x[n0 * s.c_in * p..], gn, &mut cols);
+        // dw (c_out x kd) = gy (c_out x gn p) * cols^T (gn p x kd)
+        let mut dw = vec![T::ZERO; co * kd];
+        gemm(
+            co,
+            kd,
+            gn * p,
+            &mut dw,
+            false,
+            &gy,
+            gn * p,
+            1,
+            &cols,
+            1,
+            gn * p,
+            !par_groups,
+        );
+        // dcols (kd x gn p) = w^T (kd x c_out) * gy (c_out x gn p), reusing the columns buffer
+        gemm(
+            kd,
+            gn * p,
+            co,
+            &mut cols,
+            false,
+            w,
+            1,
+            kd,
+            &gy,
+            gn * p,
+            1,
+            !par_groups,
+        );
+        col2im(s, &cols, gn, dx_chunk);
+        (dw, db)
+    };
+    let add = |mut a: (Vec<T>, Vec<T>), b: (Vec<T>, Vec<T>)| {
+        for (x, y) in a.0.iter_mut().zip(&b.0) {
+            *x += *y;
+        }
+        for (x, y) in a.1.iter_mut().zip(&b.1) {
+            *x += *y;
+        }
+        a
+    };
+    let zero = || (vec![T::ZERO; co * kd], vec![T::ZERO; co]);
+    let (dw, db) = if par_groups {
+        dx.par_chunks_mut(g * s.c_in * p)
+            .enumerate()
+            .map(run)
+            .reduce(zero, add)
+    } else {
+        dx.chunks_mut(g * s.c_in * p)
+            .enumerate()
+            .map(run)
+            .fold(zero(), add)
+    };
+    (dx, dw, db)
+}
