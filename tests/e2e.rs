@@ -230,42 +230,35 @@ fn image_folder_training_learns_and_denoises() {
     let tmp = tempfile::tempdir().unwrap();
     let data = image_folder(tmp.path(), 10);
     let out = tmp.path().join("run");
-    ok(&[
+    let args = "--width 16 --batch 8 --max-steps 120 --lr 0.003 --sigma-min 40 --sigma-max 60 --log-every 1 \
+                --device cpu --seed 3 --patience 0 --epochs 1000";
+    let mut full = vec![
         "train",
         "--data",
         data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--width",
-        "16",
-        "--batch",
-        "8",
-        "--max-steps",
-        "60",
-        "--lr",
-        "0.002",
-        "--sigma-min",
-        "20",
-        "--sigma-max",
-        "40",
-        "--log-every",
-        "1",
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-    ]);
-    // The loss falls: the mean of the last ten logged losses is well below the first ten.
+    ];
+    full.extend(args.split_whitespace());
+    ok(&full);
     let losses: Vec<f64> = std::fs::read_to_string(out.join("steps.csv"))
         .unwrap()
         .lines()
         .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(losses.len(), 60);
+    assert_eq!(losses.len(), 120);
     assert!(losses.iter().all(|l| l.is_finite()));
-    let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
-    let last: f64 = losses[50..].iter().sum::<f64>() / 10.0;
-    assert!(last < 0.8 * first, "loss did not fall: {first} -> {last}");
+    // The loss on the fixed validation batches (same images, same noise every time) falls.
+    let records = jsonl(&out.join("metrics.jsonl"));
+    let val: Vec<f64> = records
+        .iter()
+        .map(|r| r["val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(val.len() >= 10, "{val:?}");
+    assert!(
+        val[val.len() - 1] < 0.8 * val[0],
+        "validation loss did not fall: {val:?}"
+    );
 
     // Denoise a noisy smooth image of an odd size: the output beats the input.
     let (w, h) = (45usize, 37usize);
@@ -286,7 +279,7 @@ fn image_folder_training_learns_and_denoises() {
     });
     let noisy = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let p = clean.get_pixel(x, y).0;
-        image::Rgb(p.map(|v| (v as f64 + 30.0 * gauss()).clamp(0.0, 255.0).round() as u8))
+        image::Rgb(p.map(|v| (v as f64 + 50.0 * gauss()).clamp(0.0, 255.0).round() as u8))
     });
     let noisy_path = tmp.path().join("noisy.png");
     noisy.save(&noisy_path).unwrap();
@@ -315,8 +308,13 @@ fn image_folder_training_learns_and_denoises() {
     };
     let (m_noisy, m_den) = (mse(&noisy), mse(&den));
     let db = |m: f64| 10.0 * (255.0f64 * 255.0 / m).log10();
+    eprintln!(
+        "denoised {:.2} dB vs noisy {:.2} dB",
+        db(m_den),
+        db(m_noisy)
+    );
     assert!(
-        db(m_den) > db(m_noisy) + 1.0,
+        db(m_den) > db(m_noisy) + 3.0,
         "denoised {:.2} dB vs noisy {:.2} dB",
         db(m_den),
         db(m_noisy)

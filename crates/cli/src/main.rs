@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a denoiser (downloads CIFAR-10 into the cache folder when no --data is given).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// PSNR and SSIM of a model on the test images at several noise levels.
     Eval(EvalArgs),
     /// Denoise an image file.
@@ -398,7 +398,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),
         Command::Generate(a) => cmd_generate(a),
     };

@@ -138,7 +138,7 @@ impl FusedConv {
         if self.relu {
             // PyTorch's rule: the gradient passes where the output is positive.
             for (d, r) in dy.iter_mut().zip(to_vec::<T>(res)?) {
-                if !(r > T::ZERO) {
+                if r.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) {
                     *d = T::ZERO;
                 }
             }

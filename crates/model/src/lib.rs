@@ -129,7 +129,8 @@ impl Model {
             });
         }
         let m = self.size_multiple();
-        if dims[2] % m != 0 || dims[3] % m != 0 || dims[2] == 0 || dims[3] == 0 {
+        if !dims[2].is_multiple_of(m) || !dims[3].is_multiple_of(m) || dims[2] == 0 || dims[3] == 0
+        {
             return Err(ModelError::BadSize {
                 h: dims[2],
                 w: dims[3],

@@ -153,11 +153,7 @@ impl SeedUnet {
             rng.as_deref_mut(),
         )?;
         let d2 = Tensor::cat(&[&self.up2.forward(&d3)?, &e2], 1)?;
-        let d2 = dropout(
-            &self.dec2.forward(&d2)?,
-            self.config.dec_dropout,
-            rng.as_deref_mut(),
-        )?;
+        let d2 = dropout(&self.dec2.forward(&d2)?, self.config.dec_dropout, rng)?;
         let d1 = Tensor::cat(&[&self.up1.forward(&d2)?, &e1], 1)?;
         let d1 = self.dec1.forward(&d1)?;
         let noise = self.out.forward(&d1)?;

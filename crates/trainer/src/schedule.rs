@@ -13,11 +13,8 @@ pub struct StepLr {
 impl StepLr {
     /// The rate during epoch `epoch` (counted from 0).
     pub fn lr(&self, epoch: usize) -> f64 {
-        let k = if self.step_size == 0 {
-            0
-        } else {
-            epoch / self.step_size
-        };
+        // A step size of 0 means a constant rate.
+        let k = epoch.checked_div(self.step_size).unwrap_or(0);
         self.base_lr * self.gamma.powi(k as i32)
     }
 }
