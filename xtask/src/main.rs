@@ -3,11 +3,16 @@
 //! - `cargo xtask train|eval|generate [ARGS]`: builds the `denoise` binary in release mode and
 //!   runs the subcommand with ARGS (`--help` for each).
 //! - `cargo xtask ci`: what CI runs: format check, clippy, tests.
+//! - `cargo xtask bench`: throughput, optionally side by side with PyTorch (see `bench.rs`).
+//! - `cargo xtask gpu-bundle`: a CUDA build and a folder to run on a GPU machine (see `gpu.rs`).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
+
+mod bench;
+mod gpu;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,8 +35,8 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds `denoise` in release mode (with `--features` from `DENOISE_FEATURES`) and runs it.
-fn denoise(sub: &str, args: &[String]) -> Result<ExitCode> {
+/// Builds `denoise` in release mode (with `--features` from `DENOISE_FEATURES`); its path.
+fn build_denoise() -> Result<PathBuf> {
     let mut build = cargo();
     build.args([
         "build",
@@ -50,9 +55,14 @@ fn denoise(sub: &str, args: &[String]) -> Result<ExitCode> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target"));
-    let bin = target
+    Ok(target
         .join("release")
-        .join(format!("denoise{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("denoise{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Builds `denoise` and runs one of its subcommands.
+fn denoise(sub: &str, args: &[String]) -> Result<ExitCode> {
+    let bin = build_denoise()?;
     let status = Command::new(&bin)
         .arg(sub)
         .args(args)
@@ -83,13 +93,21 @@ fn ci() -> Result<()> {
 }
 
 const USAGE: &str = "usage: cargo xtask <train|eval|generate> [ARGS]   (release build of `denoise`, then the subcommand)
-       cargo xtask ci                               (fmt --check, clippy -D warnings, tests)";
+       cargo xtask ci                               (fmt --check, clippy -D warnings, tests)
+       cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--json FILE]
+                                                    (training and inference images/s, against PyTorch)
+       cargo xtask gpu-bundle [--data DIR] [--skip-build]
+                                                    (CUDA build for sm_90 + target/gpu-bundle/ with gpu-check.sh)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some(sub @ ("train" | "eval" | "generate")) => denoise(sub, &args[1..]),
         Some("ci") => ci().map(|_| ExitCode::SUCCESS),
+        Some("bench") => build_denoise()
+            .and_then(|bin| bench::bench(&root(), &bin, &args[1..]))
+            .map(|_| ExitCode::SUCCESS),
+        Some("gpu-bundle") => gpu::gpu_bundle(&root(), &args[1..]).map(|_| ExitCode::SUCCESS),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -35,6 +35,49 @@ enum Command {
     Eval(EvalArgs),
     /// Denoise an image file.
     Generate(GenerateArgs),
+    /// Training and inference throughput on synthetic batches (images/s).
+    Bench(BenchArgs),
+    /// Compare a device's forward, loss and gradients with the CPU's on a small network.
+    Selftest(SelftestArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "seed-unet")]
+    arch: String,
+    /// Network width (default: the architecture's).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    infer_batch: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Steps per timed round.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Timed rounds (min / median / max are reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Write the result as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SelftestArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Largest relative error accepted.
+    #[arg(long, default_value_t = 1e-3)]
+    tol: f64,
+    /// Write the checks as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -311,14 +354,6 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         Some(n) => data.test.first_per_class(n.div_ceil(10)),
         None => data.test,
     };
-    if test.h % model.size_multiple() != 0 || test.w % model.size_multiple() != 0 {
-        bail!(
-            "the test images are {}x{}; this model needs sides that are multiples of {}",
-            test.w,
-            test.h,
-            model.size_multiple()
-        );
-    }
     let results = eval::evaluate(&model, &test, &a.sigmas, a.seed, a.batch, &device, is_tty())?;
     println!(
         "model {} ({}), {} test images, noise seed {}",
@@ -388,6 +423,68 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let device = pick_device(a.device)?;
+    let tc = TrainConfig {
+        arch: a.arch.clone(),
+        width: a.width,
+        ..Default::default()
+    };
+    tc.validate()?;
+    if a.batch == 0 || a.infer_batch == 0 || a.size == 0 || !a.size.is_multiple_of(8) {
+        bail!("--batch and --infer-batch must be at least 1 and --size a positive multiple of 8");
+    }
+    let config = tc.model_config().expect("validated");
+    let r = denoise_trainer::bench::bench(
+        &config,
+        &device,
+        a.batch,
+        a.infer_batch,
+        a.size,
+        a.steps,
+        a.repeats,
+    )?;
+    println!(
+        "{} ({} parameters) on {}: train {:.1} img/s (batch {}, min {:.1}, max {:.1}; {:.1} GFLOP/s), \
+         inference {:.1} img/s (batch {}, min {:.1}, max {:.1}; {:.1} GFLOP/s), {} threads, peak RSS {:.0} MB",
+        r.arch, r.params, r.device, r.train_img_per_s.median, r.train_batch, r.train_img_per_s.min, r.train_img_per_s.max,
+        r.train_gflops, r.infer_img_per_s.median, r.infer_batch, r.infer_img_per_s.min, r.infer_img_per_s.max,
+        r.infer_gflops, r.threads, r.peak_rss_mb
+    );
+    if let Some(path) = &a.json {
+        denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn cmd_selftest(a: SelftestArgs) -> Result<()> {
+    let device = pick_device(a.device)?;
+    let checks = denoise_trainer::selftest::selftest(&device, 8, 4, 32, a.tol)?;
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+    let worst = checks.iter().map(|c| c.rel_err).fold(0.0, f64::max);
+    println!(
+        "selftest on {device:?}: {} checks, {} failed, worst relative error {worst:.2e}",
+        checks.len(),
+        failed.len()
+    );
+    for c in &failed {
+        println!("  FAILED {}: relative error {:.2e}", c.name, c.rel_err);
+    }
+    if let Some(path) = &a.json {
+        let json =
+            serde_json::json!({ "device": format!("{device:?}"), "tol": a.tol, "checks": checks });
+        denoise_model::checkpoint::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} checks failed", failed.len(), checks.len());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG")
@@ -401,6 +498,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),
         Command::Generate(a) => cmd_generate(a),
+        Command::Bench(a) => cmd_bench(a),
+        Command::Selftest(a) => cmd_selftest(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

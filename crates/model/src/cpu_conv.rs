@@ -309,10 +309,13 @@ pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>,
     };
     let zero = || (vec![T::ZERO; co * kd], vec![T::ZERO; co]);
     let (dw, db) = if par_groups {
-        dx.par_chunks_mut(g * s.c_in * p)
+        // Summed in group order, so that results do not depend on thread scheduling.
+        let parts: Vec<(Vec<T>, Vec<T>)> = dx
+            .par_chunks_mut(g * s.c_in * p)
             .enumerate()
             .map(run)
-            .reduce(zero, add)
+            .collect();
+        parts.into_iter().fold(zero(), add)
     } else {
         dx.chunks_mut(g * s.c_in * p)
             .enumerate()

@@ -253,3 +253,16 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng64>) -> Result<Tensor> {
         .to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
+
+/// The layers plug into candle-nn's module system (`Sequential`, `Module::forward`, ...).
+impl candle_nn::Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Conv2d::forward(self, xs).map_err(candle_core::Error::wrap)
+    }
+}
+
+impl candle_nn::Module for ConvTranspose2x2 {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        ConvTranspose2x2::forward(self, xs).map_err(candle_core::Error::wrap)
+    }
+}

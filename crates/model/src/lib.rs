@@ -112,6 +112,40 @@ impl Model {
         8
     }
 
+    /// Floating-point operations (multiply and add counted apart) of one forward pass on one
+    /// `h x w` image, counted from the convolution shapes; a training step costs about three times
+    /// this (forward, input gradient, weight gradient).
+    pub fn forward_flops(&self, h: usize, w: usize) -> f64 {
+        match self {
+            Self::SeedUnet(m) => {
+                let (c, b) = (m.config.channels as f64, m.config.base as f64);
+                let conv = |ci: f64, co: f64, px: f64, k: f64| 2.0 * ci * co * k * k * px;
+                // A 2x2 stride-2 transposed conv: 4 outputs per input pixel.
+                let up = |ci: f64, co: f64, px_in: f64| 2.0 * ci * co * 4.0 * px_in;
+                let p1 = (h * w) as f64;
+                let (p2, p3, p4) = (p1 / 4.0, p1 / 16.0, p1 / 64.0);
+                conv(c, b, p1, 3.0)
+                    + conv(b, b, p1, 3.0)
+                    + conv(2.0 * b, b, p1, 3.0)
+                    + conv(b, b, p1, 3.0)
+                    + conv(b, c, p1, 1.0)
+                    + up(2.0 * b, b, p2)
+                    + conv(b, 2.0 * b, p2, 3.0)
+                    + conv(2.0 * b, 2.0 * b, p2, 3.0)
+                    + conv(4.0 * b, 2.0 * b, p2, 3.0)
+                    + conv(2.0 * b, 2.0 * b, p2, 3.0)
+                    + up(4.0 * b, 2.0 * b, p3)
+                    + conv(2.0 * b, 4.0 * b, p3, 3.0)
+                    + conv(4.0 * b, 4.0 * b, p3, 3.0)
+                    + conv(8.0 * b, 4.0 * b, p3, 3.0)
+                    + conv(4.0 * b, 4.0 * b, p3, 3.0)
+                    + up(8.0 * b, 4.0 * b, p4)
+                    + conv(4.0 * b, 8.0 * b, p4, 3.0)
+                    + conv(8.0 * b, 8.0 * b, p4, 3.0)
+            }
+        }
+    }
+
     /// Image channels in and out.
     pub fn channels(&self) -> usize {
         match self {
@@ -241,6 +275,18 @@ pub fn reflect_pad(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_unet_costs_3_4_gflop_per_trained_cifar_image() {
+        let m = Model::new(
+            &ModelConfig::from_arch("seed-unet").unwrap(),
+            &Device::Cpu,
+            0,
+        )
+        .unwrap();
+        let f = m.forward_flops(32, 32);
+        assert!((f - 1.148977152e9).abs() < 1.0, "{f}");
+    }
 
     #[test]
     fn reflection_indices() {

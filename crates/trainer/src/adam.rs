@@ -73,14 +73,17 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let p = var.as_tensor();
+            // Detached: the moments must not keep this step's graph (and through it every
+            // earlier step's) alive.
+            let g = g.detach();
+            let p = var.as_tensor().detach();
             let g = if weight_decay != 0.0 {
-                (g + (p * weight_decay)?)?
+                (g + (&p * weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
-            *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
-            *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
+            *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
             let update = (m.div(&denom)? * step_size)?;
             var.set(&(p - update)?)?;

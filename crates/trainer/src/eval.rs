@@ -35,9 +35,9 @@ pub fn noisy_image(set: &ImageSet, i: usize, sigma: f64, seed: u64) -> Vec<f32> 
         .collect()
 }
 
-/// Denoises a batch `(n, c, h, w)` and clips the result to `[0, 1]`.
+/// Denoises a batch `(n, c, h, w)` of any size and clips the result to `[0, 1]`.
 pub fn denoise_batch(model: &Model, noisy: &Tensor) -> Result<Tensor> {
-    Ok(model.forward(noisy, None)?.clamp(0f32, 1f32)?)
+    Ok(model.denoise_any_size(noisy)?)
 }
 
 fn mean(v: &[f32]) -> f64 {

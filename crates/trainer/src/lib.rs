@@ -9,10 +9,12 @@
 //! progress bar.
 
 pub mod adam;
+pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod plot;
 pub mod schedule;
+pub mod selftest;
 pub mod train;
 
 pub use adam::{Adam, AdamConfig};

@@ -1,0 +1,142 @@
+//! Throughput of a network: training steps (forward, loss, backward, Adam) and inference, on
+//! synthetic batches, timed after warm-up steps.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use denoise_loss::MixLoss;
+use denoise_model::{Model, ModelConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::adam::{Adam, AdamConfig};
+use crate::Result;
+
+/// Min, median and max of repeated measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(v: &[f64]) -> Self {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        Self {
+            min: s[0],
+            median: s[s.len() / 2],
+            max: s[s.len() - 1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub arch: String,
+    pub params: usize,
+    pub train_batch: usize,
+    pub infer_batch: usize,
+    pub size: usize,
+    pub train_img_per_s: Stats,
+    pub infer_img_per_s: Stats,
+    pub device: String,
+    /// Compute threads candle uses.
+    pub threads: usize,
+    /// Forward FLOPs per image, from the layer shapes (a training step costs about 3x).
+    pub forward_flops_per_image: f64,
+    /// Achieved GFLOP/s at the median (training counted as 3x forward).
+    pub train_gflops: f64,
+    pub infer_gflops: f64,
+    /// Peak resident memory of the process so far, in MB (Linux only; 0 elsewhere).
+    pub peak_rss_mb: f64,
+}
+
+/// The process's peak resident set size in MB, from `/proc/self/status` (0 where unavailable).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times `repeats` rounds of `steps` training steps and of `steps` inference batches.
+pub fn bench(
+    config: &ModelConfig,
+    device: &Device,
+    train_batch: usize,
+    infer_batch: usize,
+    size: usize,
+    steps: usize,
+    repeats: usize,
+) -> Result<BenchResult> {
+    let model = Model::new(config, device, 0)?;
+    let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
+    let loss_fn = MixLoss::default();
+    let clean = Tensor::rand(
+        0f32,
+        1f32,
+        (train_batch, model.channels(), size, size),
+        device,
+    )?;
+    let noisy = (&clean + Tensor::randn(0f32, 0.1f32, clean.shape(), device)?)?;
+    let infer = Tensor::rand(
+        0f32,
+        1f32,
+        (infer_batch, model.channels(), size, size),
+        device,
+    )?;
+    let mut rng = denoise_model::rng(0);
+    let mut train_step = || -> Result<()> {
+        let out = model.forward(&noisy, Some(&mut rng))?;
+        let loss = loss_fn.forward(&out, &clean)?;
+        adam.step(&loss.backward()?)?;
+        loss.to_scalar::<f32>()?; // waits for the device
+        Ok(())
+    };
+    let infer_step = || -> Result<()> {
+        let y = model.forward(&infer, None)?;
+        y.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    // Warm-up: allocations, kernel loading, autotuning.
+    train_step()?;
+    infer_step()?;
+    let (mut tr, mut inf) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        for _ in 0..steps.max(1) {
+            train_step()?;
+        }
+        tr.push((steps.max(1) * train_batch) as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..steps.max(1) {
+            infer_step()?;
+        }
+        inf.push((steps.max(1) * infer_batch) as f64 / t.elapsed().as_secs_f64());
+    }
+    let flops = model.forward_flops(size, size);
+    let train = Stats::of(&tr);
+    let infer = Stats::of(&inf);
+    Ok(BenchResult {
+        threads: candle_core::utils::get_num_threads(),
+        forward_flops_per_image: flops,
+        train_gflops: train.median * 3.0 * flops / 1e9,
+        infer_gflops: infer.median * flops / 1e9,
+        peak_rss_mb: peak_rss_mb(),
+        arch: config.arch().to_string(),
+        params: model.num_params(),
+        train_batch,
+        infer_batch,
+        size,
+        train_img_per_s: train,
+        infer_img_per_s: infer,
+        device: format!("{device:?}"),
+    })
+}

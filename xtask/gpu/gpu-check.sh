@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The GPU check of `denoise`, laid out by `cargo xtask gpu-bundle`. Run it on the GPU machine from
+# the bundle folder: `bash gpu-check.sh`. Everything lands in $OUT (default ./results), summed up
+# in $OUT/gpu-check.json. Needs: an NVIDIA driver, CUDA 13 libraries (PyTorch's nvidia-* packages
+# or a CUDA toolkit), python3 with PyTorch for the comparison.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE"
+OUT=${OUT:-$HERE/results}
+mkdir -p "$OUT"
+STEPS=${STEPS:-300}
+log() { echo "[$(date +%T)] $*"; }
+status() { echo "$1=$2" >> "$OUT/status.txt"; }
+: > "$OUT/status.txt"
+
+log "GPU"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee "$OUT/gpu.txt"
+
+log "library folders: PyTorch's nvidia-* packages and the CUDA toolkit"
+LIBDIRS=$(python3 - <<'PY'
+import glob, os, site, sys
+paths = []
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    paths += sorted(glob.glob(os.path.join(r, "nvidia", "**", "lib"), recursive=True))
+    paths += sorted(glob.glob(os.path.join(r, "torch", "lib")))
+for d in ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"]:
+    if os.path.isdir(d):
+        paths.append(d)
+seen = []
+for p in paths:
+    if p not in seen:
+        seen.append(p)
+print(":".join(seen))
+PY
+)
+export LD_LIBRARY_PATH="$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "$LD_LIBRARY_PATH" | tr ':' '\n' > "$OUT/libdirs.txt"
+ldd ./denoise > "$OUT/ldd.txt" 2>&1
+if grep -q "not found" "$OUT/ldd.txt"; then
+    log "missing libraries:"; grep "not found" "$OUT/ldd.txt"
+    status ldd missing
+else
+    log "every library resolves"; status ldd ok
+fi
+grep -E "libcuda|libcublas|libcudart|libcurand|libnvrtc|libcudnn" "$OUT/ldd.txt"
+
+run() { # name, timeout seconds, command...
+    local name=$1 t=$2; shift 2
+    log "$name: $*"
+    local start=$(date +%s.%N)
+    timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local end=$(date +%s.%N)
+    tail -n 5 "$OUT/$name.log"
+    status "$name" "$rc"
+    echo "$name $(python3 -c "print(round($end - $start, 2))")" >> "$OUT/durations.txt"
+    return $rc
+}
+: > "$OUT/durations.txt"
+
+run selftest 120 ./denoise selftest --device cuda --json "$OUT/selftest.json"
+run bench-seed-unet 150 ./denoise bench --arch seed-unet --device cuda --steps 20 --repeats 3 --json "$OUT/bench-seed-unet.json"
+run torch-bench 150 python3 seed_unet_bench.py --device cuda --steps 20 --repeats 3
+tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
+run torch-bench-tf32 150 python3 seed_unet_bench.py --device cuda --steps 20 --repeats 3 --tf32
+tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
+run train-seed-unet 240 ./denoise train --arch seed-unet --data data --out "$OUT/seed-unet" --max-steps "$STEPS" --device cuda --log-every 50
+run eval-seed-unet 120 ./denoise eval --model "$OUT/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
+
+log "summary"
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return json.load(f)
+    except Exception as e:
+        return {"error": str(e)}
+def text(name):
+    try:
+        with open(os.path.join(out, name)) as f:
+            return f.read().strip()
+    except Exception:
+        return None
+status = dict(l.strip().split("=", 1) for l in open(os.path.join(out, "status.txt")) if "=" in l)
+durations = dict(l.split() for l in open(os.path.join(out, "durations.txt")) if l.strip())
+ours = load("bench-seed-unet.json")
+torch_ = load("torch-bench.json")
+torch_tf32 = load("torch-bench-tf32.json")
+def ratio(a, b, k):
+    try:
+        return a[k]["median"] / b[k]["median"]
+    except Exception:
+        return None
+summary = {
+    "gpu": text("gpu.txt"),
+    "status": status,
+    "durations_s": durations,
+    "missing_libraries": [l.strip() for l in (text("ldd.txt") or "").splitlines() if "not found" in l],
+    "selftest": load("selftest.json"),
+    "bench": {"denoise": ours, "pytorch": torch_, "pytorch_tf32": torch_tf32,
+              "train_ratio_vs_pytorch": ratio(ours, torch_, "train_img_per_s"),
+              "infer_ratio_vs_pytorch": ratio(ours, torch_, "infer_img_per_s")},
+    "train_seed_unet": [json.loads(l) for l in (text("seed-unet/metrics.jsonl") or "").splitlines() if l.strip()],
+    "eval_seed_unet": load("eval-seed-unet.json"),
+}
+with open(os.path.join(out, "gpu-check.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+print(json.dumps({k: summary[k] for k in ["gpu", "status", "missing_libraries"]}, indent=1))
+print("train ratio", summary["bench"]["train_ratio_vs_pytorch"], "infer ratio", summary["bench"]["infer_ratio_vs_pytorch"])
+PY
+log "done: $OUT/gpu-check.json"

@@ -1,0 +1,223 @@
+//! `cargo xtask bench`: training and inference throughput of `denoise`, and with
+//! `--compare-torch` of the identical PyTorch network on the same threads, alternating the two.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+struct Opts {
+    arches: Vec<String>,
+    repeats: usize,
+    steps: usize,
+    compare: bool,
+    json: Option<PathBuf>,
+    python: String,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        arches: vec![],
+        repeats: 5,
+        steps: 3,
+        compare: false,
+        json: None,
+        python: std::env::var("DENOISE_PYTHON").unwrap_or_else(|_| "python3".into()),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--arch" => o.arches.push(val("--arch")?),
+            "--repeats" => o.repeats = val("--repeats")?.parse().context("--repeats: expected a number")?,
+            "--steps" => o.steps = val("--steps")?.parse().context("--steps: expected a number")?,
+            "--json" => o.json = Some(PathBuf::from(val("--json")?)),
+            "--python" => o.python = val("--python")?,
+            "--compare-torch" => o.compare = true,
+            other => bail!("bench: unknown argument {other} (expected --arch A, --repeats N, --steps N, --compare-torch, --json FILE, --python PY)"),
+        }
+    }
+    if o.arches.is_empty() {
+        o.arches.push("seed-unet".into());
+    }
+    if o.repeats == 0 || o.steps == 0 {
+        bail!("--repeats and --steps must be at least 1");
+    }
+    Ok(o)
+}
+
+fn json_of(out: std::process::Output, what: &str) -> Result<serde_json::Value> {
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{what}: no JSON in its output"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn stats(v: &[f64]) -> serde_json::Value {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    serde_json::json!({"min": s[0], "median": s[s.len() / 2], "max": s[s.len() - 1]})
+}
+
+fn median(v: &serde_json::Value) -> f64 {
+    v["median"].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The machine's peak f32 FLOP/s: cores x 32 (two 8-wide FMA units) x clock.
+fn machine_peak_gflops(threads: usize) -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(threads as f64 * 32.0 * mhz / 1000.0)
+}
+
+pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let script = root.join("xtask/torch/seed_unet_bench.py");
+    if o.compare {
+        let ok = Command::new(&o.python)
+            .args(["-c", "import torch"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            bail!("--compare-torch: `{} -c 'import torch'` failed: install PyTorch (pip install torch) or pass --python", o.python);
+        }
+    }
+    let tmp = std::env::temp_dir().join(format!("denoise-bench-{}.json", std::process::id()));
+    let mut report = serde_json::Map::new();
+    for arch in &o.arches {
+        let (mut tr, mut inf, mut rss, mut threads, mut flops) =
+            (vec![], vec![], 0f64, 0usize, 0f64);
+        let (mut ttr, mut tinf, mut rtr, mut rinf) = (vec![], vec![], vec![], vec![]);
+        for r in 0..o.repeats {
+            let out = Command::new(bin)
+                .args([
+                    "bench",
+                    "--arch",
+                    arch,
+                    "--device",
+                    "cpu",
+                    "--repeats",
+                    "1",
+                    "--steps",
+                    &o.steps.to_string(),
+                    "--json",
+                ])
+                .arg(&tmp)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "denoise bench failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tmp)?)?;
+            let (a, b) = (median(&v["train_img_per_s"]), median(&v["infer_img_per_s"]));
+            tr.push(a);
+            inf.push(b);
+            rss = rss.max(v["peak_rss_mb"].as_f64().unwrap_or(0.0));
+            threads = v["threads"].as_u64().unwrap_or(0) as usize;
+            flops = v["forward_flops_per_image"].as_f64().unwrap_or(0.0);
+            eprintln!(
+                "[{}/{}] {arch}: train {a:.1} img/s, inference {b:.1} img/s",
+                r + 1,
+                o.repeats
+            );
+            if o.compare && arch == "seed-unet" {
+                let out = Command::new(&o.python)
+                    .arg(&script)
+                    .args([
+                        "--device",
+                        "cpu",
+                        "--threads",
+                        &threads.to_string(),
+                        "--repeats",
+                        "1",
+                        "--steps",
+                        &o.steps.to_string(),
+                    ])
+                    .output()?;
+                let t = json_of(out, "the PyTorch benchmark")?;
+                let (ta, tb) = (median(&t["train_img_per_s"]), median(&t["infer_img_per_s"]));
+                eprintln!(
+                    "[{}/{}] pytorch {}: train {ta:.1} img/s, inference {tb:.1} img/s",
+                    r + 1,
+                    o.repeats,
+                    t["version"]
+                );
+                ttr.push(ta);
+                tinf.push(tb);
+                rtr.push(a / ta);
+                rinf.push(b / tb);
+                report.insert("pytorch_version".into(), t["version"].clone());
+            }
+        }
+        let peak = machine_peak_gflops(threads);
+        let train_gflops = tr.iter().cloned().fold(f64::NAN, f64::max) * 3.0 * flops / 1e9;
+        let mut entry = serde_json::json!({
+            "train_img_per_s": stats(&tr),
+            "infer_img_per_s": stats(&inf),
+            "peak_rss_mb": rss,
+            "threads": threads,
+            "train_flops_per_image": 3.0 * flops,
+            "machine_peak_gflops": peak,
+            "train_peak_share": peak.map(|p| stats(&tr)["median"].as_f64().unwrap() * 3.0 * flops / 1e9 / p),
+            "infer_peak_share": peak.map(|p| stats(&inf)["median"].as_f64().unwrap() * flops / 1e9 / p),
+        });
+        println!(
+            "{arch}: train {:.1} img/s (min {:.1}, max {:.1}, best {:.1} GFLOP/s), inference {:.1} img/s (min {:.1}, max {:.1}), {threads} threads, peak RSS {rss:.0} MB{}",
+            median(&entry["train_img_per_s"]),
+            entry["train_img_per_s"]["min"].as_f64().unwrap(),
+            entry["train_img_per_s"]["max"].as_f64().unwrap(),
+            train_gflops,
+            median(&entry["infer_img_per_s"]),
+            entry["infer_img_per_s"]["min"].as_f64().unwrap(),
+            entry["infer_img_per_s"]["max"].as_f64().unwrap(),
+            peak.map_or(String::new(), |p| format!(", {:.0} % of the machine's {p:.0} GFLOP/s peak in training", 100.0 * median(&entry["train_img_per_s"]) * 3.0 * flops / 1e9 / p)),
+        );
+        if !ttr.is_empty() {
+            entry["pytorch"] = serde_json::json!({"train_img_per_s": stats(&ttr), "infer_img_per_s": stats(&tinf)});
+            entry["ratio_vs_pytorch"] =
+                serde_json::json!({"train": stats(&rtr), "infer": stats(&rinf)});
+            println!(
+                "pytorch (same network, {threads} threads): train {:.1} img/s, inference {:.1} img/s\nratio ours / pytorch: train {:.2}x (min {:.2}, max {:.2}), inference {:.2}x (min {:.2}, max {:.2})",
+                median(&entry["pytorch"]["train_img_per_s"]),
+                median(&entry["pytorch"]["infer_img_per_s"]),
+                median(&entry["ratio_vs_pytorch"]["train"]),
+                entry["ratio_vs_pytorch"]["train"]["min"].as_f64().unwrap(),
+                entry["ratio_vs_pytorch"]["train"]["max"].as_f64().unwrap(),
+                median(&entry["ratio_vs_pytorch"]["infer"]),
+                entry["ratio_vs_pytorch"]["infer"]["min"].as_f64().unwrap(),
+                entry["ratio_vs_pytorch"]["infer"]["max"].as_f64().unwrap(),
+            );
+        }
+        report.insert(arch.clone(), entry);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    if let Some(path) = &o.json {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
