@@ -69,6 +69,7 @@ run train-seed-unet 240 ./denoise train --arch seed-unet --data data --out "$OUT
 run eval-seed-unet 120 ./denoise eval --model "$OUT/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
 
 log "summary"
+cp build-info.txt "$OUT/" 2>/dev/null
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -94,7 +95,10 @@ def ratio(a, b, k):
         return a[k]["median"] / b[k]["median"]
     except Exception:
         return None
+import datetime
 summary = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "build": text("../build-info.txt") or text("build-info.txt"),
     "gpu": text("gpu.txt"),
     "status": status,
     "durations_s": durations,

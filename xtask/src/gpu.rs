@@ -242,6 +242,16 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
         root.join("xtask/torch/seed_unet_bench.py"),
         bundle.join("seed_unet_bench.py"),
     )?;
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    std::fs::write(
+        bundle.join("build-info.txt"),
+        format!("denoise {commit}, features cuda, sm_90, CUDA 13.0 wheels\n"),
+    )?;
     let n_train = copy_subset(&data, &bundle.join("data"), "train", 500)?;
     let n_test = copy_subset(&data, &bundle.join("data"), "test", 100)?;
     let size = dir_size(&bundle)?;

@@ -23,6 +23,10 @@ fn time<F: FnMut() -> Tensor>(name: &str, reps: usize, flops: f64, mut f: F) {
 }
 
 fn main() -> candle_core::Result<()> {
+    if std::env::args().any(|a| a == "--raw") {
+        raw();
+        return Ok(());
+    }
     let dev = Device::Cpu;
     let n = 64;
     for (c_in, c_out, hw) in [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)] {
@@ -51,4 +55,43 @@ fn main() -> candle_core::Result<()> {
         });
     }
     Ok(())
+}
+
+/// The raw kernels on slices, without candle around them.
+#[allow(dead_code)]
+pub fn raw() {
+    use denoise_model::cpu_conv::{backward, forward, ConvShape};
+    for (c_in, c_out, hw) in [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)] {
+        let s = ConvShape {
+            n: 64,
+            c_in,
+            c_out,
+            h: hw,
+            w: hw,
+            k: 3,
+        };
+        let x: Vec<f32> = (0..64 * c_in * hw * hw)
+            .map(|i| (i % 7) as f32 * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..c_out * c_in * 9)
+            .map(|i| (i % 5) as f32 * 0.01)
+            .collect();
+        let b = vec![0.1f32; c_out];
+        let dy: Vec<f32> = (0..64 * c_out * hw * hw)
+            .map(|i| (i % 3) as f32 * 0.1)
+            .collect();
+        let t = Instant::now();
+        let y = forward(&s, &x, &w, &b, true);
+        let tf = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (dx, _, _) = backward(&s, &x, &w, &dy);
+        let tb = t.elapsed().as_secs_f64();
+        println!(
+            "raw {c_in}->{c_out} at {hw}: forward {:.1} ms, backward {:.1} ms ({} {})",
+            tf * 1e3,
+            tb * 1e3,
+            y.len(),
+            dx.len()
+        );
+    }
 }
