@@ -9,9 +9,15 @@ cd "$HERE"
 OUT=${OUT:-$HERE/results}
 mkdir -p "$OUT"
 STEPS=${STEPS:-300}
+WORK=${WORK:-$HERE/work}   # checkpoints (large) go here, not to $OUT
+mkdir -p "$WORK"
 log() { echo "[$(date +%T)] $*"; }
 status() { echo "$1=$2" >> "$OUT/status.txt"; }
 : > "$OUT/status.txt"
+
+if [ ! -x ./denoise ]; then
+    gzip -dc denoise.gz > denoise && chmod +x denoise
+fi
 
 log "GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -59,14 +65,17 @@ run() { # name, timeout seconds, command...
 }
 : > "$OUT/durations.txt"
 
-run selftest 120 ./denoise selftest --device cuda --json "$OUT/selftest.json"
-run bench-seed-unet 150 ./denoise bench --arch seed-unet --device cuda --steps 20 --repeats 3 --json "$OUT/bench-seed-unet.json"
-run torch-bench 150 python3 seed_unet_bench.py --device cuda --steps 20 --repeats 3
+run selftest 45 ./denoise selftest --device cuda --json "$OUT/selftest.json"
+run bench-seed-unet 75 ./denoise bench --arch seed-unet --device cuda --steps 10 --repeats 3 --json "$OUT/bench-seed-unet.json"
+run torch-bench 60 python3 seed_unet_bench.py --device cuda --steps 10 --repeats 3
 tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
-run torch-bench-tf32 150 python3 seed_unet_bench.py --device cuda --steps 20 --repeats 3 --tf32
+run torch-bench-tf32 45 python3 seed_unet_bench.py --device cuda --steps 10 --repeats 3 --tf32
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
-run train-seed-unet 240 ./denoise train --arch seed-unet --data data --out "$OUT/seed-unet" --max-steps "$STEPS" --device cuda --log-every 50
-run eval-seed-unet 120 ./denoise eval --model "$OUT/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
+run train-seed-unet 120 ./denoise train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
+run eval-seed-unet 45 ./denoise eval --model "$WORK/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
+
+mkdir -p "$OUT/seed-unet"
+cp "$WORK"/seed-unet/{metrics.jsonl,steps.csv,loss.png} "$OUT/seed-unet/" 2>/dev/null
 
 log "summary"
 cp build-info.txt "$OUT/" 2>/dev/null

@@ -7,7 +7,7 @@
 //!    unversioned names the linker wants; plus `stubs/libcuda.so`, a stub of the driver built
 //!    from cudarc's list of driver functions, used only to link (it never leaves this machine).
 //! 3. `cargo build --release -p denoise-cli --features cuda` for sm_90 into `target/cuda`.
-//! 4. `target/gpu-bundle/`: the binary, `gpu-check.sh`, the PyTorch benchmark and a few MB of
+//! 4. `target/gpu-bundle/`: the binary (stripped, gzipped), `gpu-check.sh`, the PyTorch benchmark and a few MB of
 //!    CIFAR-10 images (`--data`, an image folder such as the extracted JPEG copy).
 
 use std::path::{Path, PathBuf};
@@ -232,8 +232,13 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
     let bundle = root.join("target/gpu-bundle");
     let _ = std::fs::remove_dir_all(&bundle);
     std::fs::create_dir_all(&bundle)?;
-    std::fs::copy(&bin, bundle.join("denoise"))?;
-    let _ = Command::new("strip").arg(bundle.join("denoise")).status();
+    // Stripped and gzipped: the embedded PTX is text and compresses about 4x.
+    let stripped = target.join("denoise.stripped");
+    std::fs::copy(&bin, &stripped)?;
+    let _ = Command::new("strip").arg(&stripped).status();
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(bundle.join("denoise.gz"))?, flate2::Compression::default());
+    std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
+    gz.finish()?;
     std::fs::copy(
         root.join("xtask/gpu/gpu-check.sh"),
         bundle.join("gpu-check.sh"),
