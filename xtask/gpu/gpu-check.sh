@@ -124,4 +124,6 @@ with open(os.path.join(out, "gpu-check.json"), "w") as f:
 print(json.dumps({k: summary[k] for k in ["gpu", "status", "missing_libraries"]}, indent=1))
 print("train ratio", summary["bench"]["train_ratio_vs_pytorch"], "infer ratio", summary["bench"]["infer_ratio_vs_pytorch"])
 PY
-log "done: $OUT/gpu-check.json"
+# Few files travel back best: gpu-check.json, and everything else in one archive.
+(cd "$OUT" && tar czf results.tar.gz --exclude gpu-check.json --exclude results.tar.gz . && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz -delete)
+log "done: $OUT/gpu-check.json (logs in $OUT/results.tar.gz)"
