@@ -236,7 +236,10 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
     let stripped = target.join("denoise.stripped");
     std::fs::copy(&bin, &stripped)?;
     let _ = Command::new("strip").arg(&stripped).status();
-    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(bundle.join("denoise.gz"))?, flate2::Compression::default());
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(bundle.join("denoise.gz"))?,
+        flate2::Compression::default(),
+    );
     std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
     gz.finish()?;
     std::fs::copy(

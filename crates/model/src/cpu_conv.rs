@@ -51,6 +51,7 @@ impl ConvShape {
     }
     /// Images per group: enough for a gemm about 1,024 columns wide.
     fn group(&self) -> usize {
+        // Measured on 2 cores: 512, 1024, 2048 and 4096 columns; 1024 was fastest.
         (1024 / self.plane()).clamp(1, self.n.max(1))
     }
 }

@@ -231,10 +231,122 @@ impl ConvTranspose2x2 {
     }
 }
 
-/// 2x2 max pooling with stride 2 whose gradient goes, whole, to each window's maximum.
+/// 2x2 max pooling with stride 2 whose gradient goes, whole, to each window's maximum (the
+/// first one in scan order on ties, as PyTorch). On the CPU a custom op with a one-pass
+/// backward; elsewhere a reshape and two `max` reductions (whose backward is right, unlike
+/// candle 0.11's `max_pool2d`).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
+    if x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && h % 2 == 0
+        && w % 2 == 0
+    {
+        return Ok(x.contiguous()?.apply_op1(MaxPool2x2)?);
+    }
     Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
+}
+
+struct MaxPool2x2;
+
+/// Index (within the window's 4 positions: 0 top-left, 1 top-right, 2 bottom-left, 3
+/// bottom-right) of the first maximum.
+fn argmax4<T: PartialOrd + Copy>(v: [T; 4]) -> usize {
+    let mut best = 0;
+    for i in 1..4 {
+        if v[i] > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn pool_fwd<T: PartialOrd + Copy + Default>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![T::default(); planes * oh * ow];
+    for p in 0..planes {
+        let src = &x[p * h * w..(p + 1) * h * w];
+        let dst = &mut out[p * oh * ow..(p + 1) * oh * ow];
+        for y in 0..oh {
+            let (r0, r1) = (
+                &src[2 * y * w..(2 * y + 1) * w],
+                &src[(2 * y + 1) * w..(2 * y + 2) * w],
+            );
+            for xo in 0..ow {
+                let v = [r0[2 * xo], r0[2 * xo + 1], r1[2 * xo], r1[2 * xo + 1]];
+                dst[y * ow + xo] = v[argmax4(v)];
+            }
+        }
+    }
+    out
+}
+
+fn pool_bwd<T: PartialOrd + Copy + Default>(
+    x: &[T],
+    g: &[T],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![T::default(); planes * h * w];
+    for p in 0..planes {
+        let src = &x[p * h * w..(p + 1) * h * w];
+        let gp = &g[p * oh * ow..(p + 1) * oh * ow];
+        let dst = &mut dx[p * h * w..(p + 1) * h * w];
+        for y in 0..oh {
+            for xo in 0..ow {
+                let idx = [
+                    2 * y * w + 2 * xo,
+                    2 * y * w + 2 * xo + 1,
+                    (2 * y + 1) * w + 2 * xo,
+                    (2 * y + 1) * w + 2 * xo + 1,
+                ];
+                let best = argmax4(idx.map(|i| src[i]));
+                dst[idx[best]] = gp[y * ow + xo];
+            }
+        }
+    }
+    dx
+}
+
+impl candle_core::CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(pool_fwd(slice(v, l)?, n * c, h, w)),
+            CpuStorage::F64(v) => CpuStorage::F64(pool_fwd(slice(v, l)?, n * c, h, w)),
+            _ => candle_core::bail!("max pool: only f32 and f64"),
+        };
+        Ok((out, Shape::from((n, c, h / 2, w / 2))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let dx = match arg.dtype() {
+            DType::F32 => Tensor::from_vec(
+                pool_bwd(&to_vec::<f32>(arg)?, &to_vec::<f32>(grad)?, n * c, h, w),
+                arg.shape(),
+                arg.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                pool_bwd(&to_vec::<f64>(arg)?, &to_vec::<f64>(grad)?, n * c, h, w),
+                arg.shape(),
+                arg.device(),
+            )?,
+            dt => candle_core::bail!("max pool: unsupported dtype {dt:?}"),
+        };
+        Ok(Some(dx))
+    }
 }
 
 /// Inverted dropout with a mask drawn from the caller's seeded generator; identity when

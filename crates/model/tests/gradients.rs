@@ -236,6 +236,23 @@ fn seed_unet_gradients_match_finite_differences() {
     }
 }
 
+/// On ties the first maximum in scan order gets the gradient (PyTorch's rule), once.
+#[test]
+fn max_pool_ties_route_to_the_first_maximum() {
+    let x = Var::from_tensor(&Tensor::new(&[[[[1f64, 1.0], [0.5, 1.0]]]], &Device::Cpu).unwrap())
+        .unwrap();
+    let y = max_pool2x2(x.as_tensor()).unwrap();
+    let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert_eq!(g, vec![3.0, 0.0, 0.0, 0.0]);
+}
+
 #[test]
 fn seed_unet_has_the_original_parameter_count() {
     let net = SeedUnet::new(SeedUnetConfig::default(), &Device::Cpu, 0).unwrap();
