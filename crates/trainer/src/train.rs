@@ -395,13 +395,18 @@ pub fn train(
                     state.global_step, state.epoch, state.elapsed_secs
                 ),
             )?;
-            tracing::info!(
-                step = state.global_step,
-                epoch = state.epoch + 1,
-                loss = format!("{l:.4}"),
-                img_per_s = format!("{ips:.1}"),
-                "train"
-            );
+            // With a progress bar on screen the bar shows this; logs keep it at debug level.
+            if opts.progress {
+                tracing::debug!(step = state.global_step, loss = format!("{l:.4}"), "train");
+            } else {
+                tracing::info!(
+                    step = state.global_step,
+                    epoch = state.epoch + 1,
+                    loss = format!("{l:.4}"),
+                    img_per_s = format!("{ips:.1}"),
+                    "train"
+                );
+            }
             window = (Instant::now(), 0);
         }
 
@@ -523,14 +528,16 @@ fn validate_and_save(
         &serde_json::to_string(&record).expect("record serialises"),
     )?;
     state.history.push(record);
-    tracing::info!(
-        step = state.global_step,
-        train_loss = format!("{train_loss:.4}"),
-        val_loss = format!("{val_loss:.4}"),
-        val_psnr = format!("{val_psnr:.2}"),
-        best,
-        "validation"
-    );
+    bar.suspend(|| {
+        tracing::info!(
+            step = state.global_step,
+            train_loss = format!("{train_loss:.4}"),
+            val_loss = format!("{val_loss:.4}"),
+            val_psnr = format!("{val_psnr:.2}"),
+            best,
+            "validation"
+        )
+    });
     *loss_sum = 0.0;
     *loss_n = 0;
     if best {
