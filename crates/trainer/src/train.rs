@@ -326,6 +326,14 @@ pub fn train(
         });
     }
 
+    let validation = Validation {
+        set: &val_set,
+        cfg: &val_cfg,
+        loss: &loss_fn,
+        device,
+        out_dir,
+        bar: &bar,
+    };
     let mut batcher = Batcher::start(
         Arc::new(data.train.clone()),
         batch_cfg,
@@ -419,20 +427,7 @@ pub fn train(
             state.index = 0;
         }
         if epoch_done || periodic {
-            let stop = validate_and_save(
-                &model,
-                &adam,
-                &mut state,
-                &val_set,
-                &val_cfg,
-                &loss_fn,
-                device,
-                out_dir,
-                &mut loss_sum,
-                &mut loss_n,
-                lr,
-                &bar,
-            )?;
+            let stop = validation.run(&model, &adam, &mut state, &mut loss_sum, &mut loss_n, lr)?;
             if stop {
                 stopped_by = format!(
                     "early stopping ({} validations without improvement)",
@@ -453,20 +448,7 @@ pub fn train(
     // A run cut short validates what it has not validated yet, so that best.safetensors exists.
     if loss_n > 0 || !best_path.exists() {
         let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
-        validate_and_save(
-            &model,
-            &adam,
-            &mut state,
-            &val_set,
-            &val_cfg,
-            &loss_fn,
-            device,
-            out_dir,
-            &mut loss_sum,
-            &mut loss_n,
-            lr,
-            &bar,
-        )?;
+        validation.run(&model, &adam, &mut state, &mut loss_sum, &mut loss_n, lr)?;
     } else {
         save_checkpoint(&last_path, &model, Some(&adam), &state)?;
     }
@@ -486,64 +468,78 @@ pub fn train(
     })
 }
 
-/// Validates, records, saves `best` when it improved and always `last`; returns whether early
-/// stopping fires.
-#[allow(clippy::too_many_arguments)]
-fn validate_and_save(
-    model: &Model,
-    adam: &Adam,
-    state: &mut TrainState,
-    val_set: &ImageSet,
-    val_cfg: &BatchConfig,
-    loss_fn: &MixLoss,
-    device: &Device,
-    out_dir: &Path,
-    loss_sum: &mut f64,
-    loss_n: &mut u64,
-    lr: f64,
-    bar: &indicatif::ProgressBar,
-) -> Result<bool> {
-    bar.set_message("validating");
-    let (val_loss, val_psnr) = validate(model, val_set, val_cfg, loss_fn, device)?;
-    let best = state.early.observe(val_loss);
-    let train_loss = if *loss_n > 0 {
-        *loss_sum / *loss_n as f64
-    } else {
-        f64::NAN
-    };
-    let elapsed = state.elapsed_secs.max(1e-9);
-    let record = Record {
-        epoch: state.epoch,
-        step: state.global_step,
-        train_loss,
-        val_loss,
-        val_psnr,
-        lr,
-        elapsed_secs: state.elapsed_secs,
-        images_per_s: state.images_seen as f64 / elapsed,
-        best,
-    };
-    append(
-        &out_dir.join(METRICS),
-        &serde_json::to_string(&record).expect("record serialises"),
-    )?;
-    state.history.push(record);
-    bar.suspend(|| {
-        tracing::info!(
-            step = state.global_step,
-            train_loss = format!("{train_loss:.4}"),
-            val_loss = format!("{val_loss:.4}"),
-            val_psnr = format!("{val_psnr:.2}"),
+/// What a validation needs besides the model and the run's state.
+struct Validation<'a> {
+    set: &'a ImageSet,
+    cfg: &'a BatchConfig,
+    loss: &'a MixLoss,
+    device: &'a Device,
+    out_dir: &'a Path,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl Validation<'_> {
+    /// Validates, records, saves `best` when it improved and always `last`; returns whether
+    /// early stopping fires. Resets the running training loss.
+    fn run(
+        &self,
+        model: &Model,
+        adam: &Adam,
+        state: &mut TrainState,
+        loss_sum: &mut f64,
+        loss_n: &mut u64,
+        lr: f64,
+    ) -> Result<bool> {
+        let Validation {
+            set: val_set,
+            cfg: val_cfg,
+            loss: loss_fn,
+            device,
+            out_dir,
+            bar,
+        } = *self;
+        bar.set_message("validating");
+        let (val_loss, val_psnr) = validate(model, val_set, val_cfg, loss_fn, device)?;
+        let best = state.early.observe(val_loss);
+        let train_loss = if *loss_n > 0 {
+            *loss_sum / *loss_n as f64
+        } else {
+            f64::NAN
+        };
+        let elapsed = state.elapsed_secs.max(1e-9);
+        let record = Record {
+            epoch: state.epoch,
+            step: state.global_step,
+            train_loss,
+            val_loss,
+            val_psnr,
+            lr,
+            elapsed_secs: state.elapsed_secs,
+            images_per_s: state.images_seen as f64 / elapsed,
             best,
-            "validation"
-        )
-    });
-    *loss_sum = 0.0;
-    *loss_n = 0;
-    if best {
-        state.best_step = Some(state.global_step);
-        save_checkpoint(&out_dir.join(BEST), model, None, state)?;
+        };
+        append(
+            &out_dir.join(METRICS),
+            &serde_json::to_string(&record).expect("record serialises"),
+        )?;
+        state.history.push(record);
+        bar.suspend(|| {
+            tracing::info!(
+                step = state.global_step,
+                train_loss = format!("{train_loss:.4}"),
+                val_loss = format!("{val_loss:.4}"),
+                val_psnr = format!("{val_psnr:.2}"),
+                best,
+                "validation"
+            )
+        });
+        *loss_sum = 0.0;
+        *loss_n = 0;
+        if best {
+            state.best_step = Some(state.global_step);
+            save_checkpoint(&out_dir.join(BEST), model, None, state)?;
+        }
+        save_checkpoint(&out_dir.join(LAST), model, Some(adam), state)?;
+        Ok(state.early.should_stop())
     }
-    save_checkpoint(&out_dir.join(LAST), model, Some(adam), state)?;
-    Ok(state.early.should_stop())
 }
