@@ -183,44 +183,41 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
             std::env::var("PATH").unwrap_or_default()
         );
         eprintln!("xtask: building denoise with CUDA for sm_90 (the first build compiles candle's kernels: long)");
-        run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(root)
-                .args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "denoise-cli",
-                    "--bin",
-                    "denoise",
-                    "--features",
-                    "cuda",
-                ])
-                .env("CUDA_HOME", &home)
-                .env("CUDA_ROOT", &home)
-                .env("CUDA_PATH", &home)
-                .env("CUDA_COMPUTE_CAP", "90")
-                .env(
-                    "CUDAFORGE_THREADS",
-                    std::thread::available_parallelism()
-                        .map_or(1, |n| n.get())
-                        .to_string(),
-                )
-                .env("PATH", path)
-                .env(
-                    "LIBRARY_PATH",
-                    format!("{}:{}", lib64.display(), stubs.display()),
-                )
-                .env(
-                    "RUSTFLAGS",
-                    format!(
-                        "-L native={} -L native={}",
-                        lib64.display(),
-                        stubs.display()
-                    ),
-                )
-                .env("CARGO_TARGET_DIR", &target),
-        )?;
+        run(crate::cargo()
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "denoise-cli",
+                "--bin",
+                "denoise",
+                "--features",
+                "cuda",
+            ])
+            .env("CUDA_HOME", &home)
+            .env("CUDA_ROOT", &home)
+            .env("CUDA_PATH", &home)
+            .env("CUDA_COMPUTE_CAP", "90")
+            .env(
+                "CUDAFORGE_THREADS",
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .to_string(),
+            )
+            .env("PATH", path)
+            .env(
+                "LIBRARY_PATH",
+                format!("{}:{}", lib64.display(), stubs.display()),
+            )
+            .env(
+                "RUSTFLAGS",
+                format!(
+                    "-L native={} -L native={}",
+                    lib64.display(),
+                    stubs.display()
+                ),
+            )
+            .env("CARGO_TARGET_DIR", &target))?;
         eprintln!(
             "xtask: CUDA build took {:.0} s",
             started.elapsed().as_secs_f64()

@@ -231,22 +231,35 @@ fn pick_device(d: DeviceArg) -> Result<Device> {
     }
 }
 
-fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
-    let opts = LoadOptions {
+fn data_options(args: &DataArgs) -> LoadOptions {
+    LoadOptions {
         crop: args.crop,
         size: None,
-    };
-    let path = match &args.data {
+    }
+}
+
+/// `--data`, or the cache folder with CIFAR-10 downloaded into it.
+fn data_path(args: &DataArgs, progress: bool) -> Result<PathBuf> {
+    Ok(match &args.data {
         Some(p) => p.clone(),
         None => {
             let dir = denoise_data::default_data_dir();
             tracing::info!("no --data: using {}", dir.display());
             download::ensure_cifar10(&dir, progress)?
         }
-    };
-    let splits = denoise_data::load(&path, &opts)
-        .with_context(|| format!("reading the dataset in {}", path.display()))?;
-    Ok(splits)
+    })
+}
+
+fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
+    let path = data_path(args, progress)?;
+    denoise_data::load(&path, &data_options(args))
+        .with_context(|| format!("reading the dataset in {}", path.display()))
+}
+
+fn load_test_data(args: &DataArgs, progress: bool) -> Result<denoise_data::ImageSet> {
+    let path = data_path(args, progress)?;
+    denoise_data::load_test(&path, &data_options(args))
+        .with_context(|| format!("reading the test images in {}", path.display()))
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -348,11 +361,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     let model = Model::load(&a.model, &device)
         .with_context(|| format!("loading the model {}", a.model.display()))?;
-    let data = load_data(&a.data, is_tty())?;
+    let all = load_test_data(&a.data, is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
-        Some(n) => data.test.first_per_class(n.div_ceil(10)),
-        None => data.test,
+        Some(n) => all.first_per_class(n.div_ceil(10)),
+        None => all,
     };
     let results = eval::evaluate(&model, &test, &a.sigmas, a.seed, a.batch, &device, is_tty())?;
     println!(

@@ -177,28 +177,49 @@ fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
 
 /// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
 /// the whole folder is both the pool for training and the test set.
-pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
-    let (train_dir, test_dir) = if dir.join("train").is_dir() && dir.join("test").is_dir() {
+fn split_dirs(dir: &Path) -> (PathBuf, PathBuf) {
+    if dir.join("train").is_dir() && dir.join("test").is_dir() {
         (dir.join("train"), dir.join("test"))
     } else if dir.join("train").is_dir() {
         (dir.join("train"), dir.join("train"))
     } else {
         (dir.to_path_buf(), dir.to_path_buf())
-    };
+    }
+}
+
+/// The image size: the one asked for, or that of the first image.
+fn size_of(opts: &LoadOptions, first: Option<&PathBuf>, dir: &Path) -> Result<(usize, usize)> {
+    if let Some(s) = opts.size {
+        return Ok(s);
+    }
+    let first = first.ok_or_else(|| DataError::Empty {
+        path: dir.to_path_buf(),
+    })?;
+    let (_, h, w) = read_rgb(first, None, false)?;
+    Ok((h, w))
+}
+
+/// Loads only the test images of a folder (what [`load_splits`] would give as `test`).
+pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
+    let (_, test_dir) = split_dirs(dir);
+    let test_classes = classes(&test_dir)?;
+    let size = size_of(
+        opts,
+        test_classes.first().and_then(|c| c.1.first()),
+        &test_dir,
+    )?;
+    let names = test_classes.iter().map(|c| c.0.clone()).collect();
+    read_set(&labeled(&test_classes), size, opts.crop, names)
+}
+
+pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
+    let (train_dir, test_dir) = split_dirs(dir);
     let train_classes = classes(&train_dir)?;
-    let first = train_classes
-        .first()
-        .and_then(|c| c.1.first())
-        .ok_or_else(|| DataError::Empty {
-            path: train_dir.clone(),
-        })?;
-    let size = match opts.size {
-        Some(s) => s,
-        None => {
-            let (_, h, w) = read_rgb(first, None, false)?;
-            (h, w)
-        }
-    };
+    let size = size_of(
+        opts,
+        train_classes.first().and_then(|c| c.1.first()),
+        &train_dir,
+    )?;
     let names: Vec<String> = train_classes.iter().map(|c| c.0.clone()).collect();
     // Last 10 % of each class (at least one image when a class has two or more) for validation.
     let mut train_files = Vec::new();

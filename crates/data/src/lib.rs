@@ -203,6 +203,24 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Splits> {
     }
 }
 
+/// Loads only the test images of the dataset in `path` (for evaluation: the training images
+/// are not read).
+pub fn load_test(path: &Path, opts: &LoadOptions) -> Result<ImageSet> {
+    if !path.exists() {
+        return Err(DataError::Missing {
+            path: path.to_path_buf(),
+            what: "a folder with the CIFAR-10 binary files or with PNG/JPEG images".into(),
+        });
+    }
+    match detect(path) {
+        Some(Source::CifarBinary(dir)) => cifar::read_batch(&dir.join(cifar::TEST_FILE)),
+        Some(Source::Folder(dir)) => folder::load_test(&dir, opts),
+        None => Err(DataError::Empty {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
 /// The default data folder: `<cache dir>/denoise/cifar10` (`~/.cache/denoise/cifar10` on Linux).
 pub fn default_data_dir() -> PathBuf {
     dirs::cache_dir()

@@ -1,4 +1,4 @@
-use denoise_data::{detect, load, LoadOptions, Source};
+use denoise_data::{detect, load, load_test, LoadOptions, Source};
 
 fn png(path: &std::path::Path, v: u8, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -40,6 +40,11 @@ fn class_folders_split_by_the_last_tenth_of_each_class() {
     );
     let s = load(dir.path(), &LoadOptions::default()).unwrap();
     assert_eq!((s.train.n, s.val.n, s.test.n), (36, 4, 10));
+    let test_only = load_test(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        (test_only.pixels, test_only.labels),
+        (s.test.pixels.clone(), s.test.labels.clone())
+    );
     assert_eq!(s.train.classes, vec!["a_class", "b_class"]); // sorted
                                                              // Validation: files 018 and 019 of each class; "a_class" holds values 100 + i.
     assert_eq!(s.val.labels, vec![0, 0, 1, 1]);

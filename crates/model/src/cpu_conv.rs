@@ -110,6 +110,15 @@ fn gemm<T: Float>(
     }
 }
 
+/// For a row shifted by `dx` (output x reads source x + dx): the output columns `x0..x1` that
+/// have a source pixel, and the first source column `s0`.
+fn valid_cols(w: usize, dx: isize) -> (usize, usize, usize) {
+    let x0 = (-dx).max(0) as usize;
+    let x1 = (w as isize - dx).clamp(0, w as isize) as usize;
+    let s0 = (x0 as isize + dx).max(0) as usize;
+    (x0.min(w), x1, s0)
+}
+
 /// Columns of images `x[g]` (each `c_in x h x w`): `(c_in k k) x (g h w)`, row-major.
 fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T]) {
     let (h, w, k) = (s.h, s.w, s.k);
@@ -133,11 +142,9 @@ fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T]) {
                             continue;
                         }
                         let srow = &src[sy as usize * w..(sy as usize + 1) * w];
-                        let x0 = (-dx).max(0) as usize; // first output x with a source pixel
-                        let x1 = (w as isize - dx).min(w as isize).max(0) as usize;
-                        out[..x0.min(w)].fill(T::ZERO);
+                        let (x0, x1, s0) = valid_cols(w, dx);
+                        out[..x0].fill(T::ZERO);
                         if x1 > x0 {
-                            let s0 = (x0 as isize + dx) as usize;
                             out[x0..x1].copy_from_slice(&srow[s0..s0 + (x1 - x0)]);
                         }
                         out[x1.max(x0)..].fill(T::ZERO);
@@ -168,12 +175,10 @@ fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T]) {
                         if sy < 0 || sy >= h as isize {
                             continue;
                         }
-                        let x0 = (-dxo).max(0) as usize;
-                        let x1 = (w as isize - dxo).min(w as isize).max(0) as usize;
+                        let (x0, x1, s0) = valid_cols(w, dxo);
                         if x1 <= x0 {
                             continue;
                         }
-                        let s0 = (x0 as isize + dxo) as usize;
                         let drow = &mut dst[sy as usize * w + s0..sy as usize * w + s0 + (x1 - x0)];
                         for (d, v) in drow.iter_mut().zip(&src[y * w + x0..y * w + x1]) {
                             *d += *v;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use denoise_data::noise::{normal, rng_for};
+use denoise_data::noise::{add_gaussian, rng_for};
 use denoise_data::ImageSet;
 use denoise_loss::{psnr, Ssim};
 use denoise_model::Model;
@@ -28,11 +28,7 @@ pub struct EvalResult {
 /// so it does not depend on the batch size; not clipped.
 pub fn noisy_image(set: &ImageSet, i: usize, sigma: f64, seed: u64) -> Vec<f32> {
     let mut rng = rng_for(&[seed, 0x4556_414c, sigma.to_bits(), i as u64]);
-    let s = (sigma / 255.0) as f32;
-    set.image(i)
-        .iter()
-        .map(|&p| p as f32 / 255.0 + s * normal(&mut rng))
-        .collect()
+    add_gaussian(&set.image_f32(i), (sigma / 255.0) as f32, &mut rng)
 }
 
 /// Denoises a batch `(n, c, h, w)` of any size and clips the result to `[0, 1]`.
