@@ -20,9 +20,25 @@ pub struct BatchConfig {
     /// Noise standard deviation range, on the `[0, 1]` scale (`55/255` for the default maximum).
     pub sigma_min: f32,
     pub sigma_max: f32,
+    /// The share of images whose noise level is drawn instead from EDM's log-normal,
+    /// `ln(2 sigma) ~ N(p_mean, p_std^2)` (`2 sigma`: the level on the `[-1, 1]` data scale).
+    pub lognormal_fraction: f32,
+    pub p_mean: f32,
+    pub p_std: f32,
     /// Random horizontal flips.
     pub flip: bool,
     pub seed: u64,
+}
+
+impl BatchConfig {
+    /// One noise level (on the `[0, 1]` scale) drawn from this configuration's distribution.
+    pub fn draw_sigma(&self, rng: &mut DataRng) -> f32 {
+        if self.lognormal_fraction > 0.0 && rng.random::<f32>() < self.lognormal_fraction {
+            (self.p_mean + self.p_std * normal(rng)).exp() / 2.0
+        } else {
+            self.sigma_min + (self.sigma_max - self.sigma_min) * rng.random::<f32>()
+        }
+    }
 }
 
 impl Default for BatchConfig {
@@ -31,6 +47,9 @@ impl Default for BatchConfig {
             batch_size: 64,
             sigma_min: 0.0,
             sigma_max: 55.0 / 255.0,
+            lognormal_fraction: 0.0,
+            p_mean: -1.2,
+            p_std: 1.2,
             flip: true,
             seed: 0,
         }
@@ -75,7 +94,7 @@ pub fn make_batch(
     for &i in idx {
         let img = set.image(i);
         let mirror = flip && rng.random::<bool>();
-        let sigma = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * rng.random::<f32>();
+        let sigma = cfg.draw_sigma(rng);
         sigmas.push(sigma);
         for ch in 0..c {
             for y in 0..h {

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod cifar;
 pub mod download;
+pub mod estimate;
 pub mod folder;
 pub mod noise;
 

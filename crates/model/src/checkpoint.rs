@@ -2,7 +2,8 @@
 //!
 //! Metadata keys: `denoise.format` (always [`FORMAT`]), `denoise.model` (the [`ModelConfig`] as
 //! JSON); other components add keys of their own (the trainer adds `denoise.train`). Model
-//! weights are stored as `model.<name>`. Writes are atomic: the file is written under a
+//! weights are stored as `model.<name>`, their running average (where training kept one) as
+//! `ema.<name>`; loading prefers the average. Writes are atomic: the file is written under a
 //! temporary name in the same folder, flushed to disk, then renamed over the target, so a
 //! crash never leaves a half-written checkpoint and never loses the previous one.
 
@@ -70,6 +71,18 @@ impl Checkpoint {
             .get(name)
             .cloned()
             .ok_or_else(|| bad(&self.path, format!("no tensor named {name}")))
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Stores every tensor as f16 (half the size; the weights load back as f32).
+    pub fn to_f16(&mut self) -> Result<()> {
+        for t in self.tensors.values_mut() {
+            *t = t.to_dtype(DType::F16)?;
+        }
+        Ok(())
     }
 
     /// The model configuration from the metadata.

@@ -1,22 +1,29 @@
 //! Denoising networks on candle, and the self-describing checkpoints that hold them.
 //!
-//! `denoise-model` builds the networks (`seed-unet`, the original project's U-Net), runs them
-//! forward with seeded dropout, and saves and loads them as safetensors files whose metadata
-//! carries the architecture, so that a checkpoint loads with no architecture flags. Its layers
-//! have correct gradients where candle 0.11's do not (see [`layers`]). It knows nothing of
-//! datasets, losses or optimisers; the trainer stores its own state in the same checkpoint
+//! `denoise-model` builds the networks (`seed-unet`, the original project's blind U-Net, and
+//! `cond-unet`, a noise-level-conditioned U-Net with EDM preconditioning), runs them forward with
+//! seeded dropout, denoises images of any size in overlapping tiles, samples new images with
+//! EDM's Heun or Euler sampler, and saves and loads the networks as safetensors files whose
+//! metadata carries the architecture, so that a checkpoint loads with no architecture flags. Its
+//! layers have correct gradients where candle 0.11's do not (see [`layers`]). It knows nothing
+//! of datasets, losses or optimisers; the trainer stores its own state in the same checkpoint
 //! files through [`checkpoint`].
 
 pub mod checkpoint;
+pub mod cond_unet;
 pub mod cpu_conv;
 pub mod layers;
+pub mod norm;
 pub mod params;
+pub mod sampler;
 pub mod seed_unet;
+pub mod tiles;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::Checkpoint;
+pub use cond_unet::{CondUnet, CondUnetConfig};
 pub use params::{rng, Rng64};
 pub use seed_unet::{SeedUnet, SeedUnetConfig};
 
@@ -32,6 +39,10 @@ pub enum ModelError {
     },
     #[error("expected {expected} input channels, got a tensor of shape {shape:?}")]
     BadChannels { expected: usize, shape: Vec<usize> },
+    #[error("{arch} needs the noise level of each image (it is conditioned on it)")]
+    NeedsSigma { arch: &'static str },
+    #[error("bad model configuration: {0}")]
+    BadConfig(String),
     #[error("checkpoint {path}: {reason}")]
     BadCheckpoint { path: String, reason: String },
     #[error("cannot read or write {path}: {source}")]
@@ -51,6 +62,7 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 #[serde(tag = "arch", rename_all = "kebab-case")]
 pub enum ModelConfig {
     SeedUnet(SeedUnetConfig),
+    CondUnet(CondUnetConfig),
 }
 
 impl ModelConfig {
@@ -58,16 +70,26 @@ impl ModelConfig {
     pub fn from_arch(arch: &str) -> Option<Self> {
         match arch {
             "seed-unet" => Some(Self::SeedUnet(SeedUnetConfig::default())),
+            "cond-unet" => Some(Self::CondUnet(CondUnetConfig::default())),
             _ => None,
         }
     }
 
     /// The architectures this build knows.
-    pub const ARCHES: &'static [&'static str] = &["seed-unet"];
+    pub const ARCHES: &'static [&'static str] = &["cond-unet", "seed-unet"];
 
     pub fn arch(&self) -> &'static str {
         match self {
             Self::SeedUnet(_) => "seed-unet",
+            Self::CondUnet(_) => "cond-unet",
+        }
+    }
+
+    /// Sets the width of the first level (`base`).
+    pub fn set_width(&mut self, width: usize) {
+        match self {
+            Self::SeedUnet(c) => c.base = width,
+            Self::CondUnet(c) => c.base = width,
         }
     }
 }
@@ -76,6 +98,7 @@ impl ModelConfig {
 #[derive(Debug, Clone)]
 pub enum Model {
     SeedUnet(SeedUnet),
+    CondUnet(CondUnet),
 }
 
 impl Model {
@@ -83,12 +106,14 @@ impl Model {
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
         Ok(match config {
             ModelConfig::SeedUnet(c) => Self::SeedUnet(SeedUnet::new(c.clone(), device, seed)?),
+            ModelConfig::CondUnet(c) => Self::CondUnet(CondUnet::new(c.clone(), device, seed)?),
         })
     }
 
     pub fn config(&self) -> ModelConfig {
         match self {
             Self::SeedUnet(m) => ModelConfig::SeedUnet(m.config.clone()),
+            Self::CondUnet(m) => ModelConfig::CondUnet(m.config.clone()),
         }
     }
 
@@ -96,6 +121,7 @@ impl Model {
     pub fn vars(&self) -> &[(String, Var)] {
         match self {
             Self::SeedUnet(m) => m.vars(),
+            Self::CondUnet(m) => m.vars(),
         }
     }
 
@@ -109,7 +135,15 @@ impl Model {
 
     /// Image sides must be multiples of this.
     pub fn size_multiple(&self) -> usize {
-        8
+        match self {
+            Self::SeedUnet(_) => 8,
+            Self::CondUnet(m) => m.config.size_multiple(),
+        }
+    }
+
+    /// Whether the network takes the noise level as an input (and so can also sample).
+    pub fn is_conditioned(&self) -> bool {
+        matches!(self, Self::CondUnet(_))
     }
 
     /// Floating-point operations (multiply and add counted apart) of one forward pass on one
@@ -117,6 +151,7 @@ impl Model {
     /// this (forward, input gradient, weight gradient).
     pub fn forward_flops(&self, h: usize, w: usize) -> f64 {
         match self {
+            Self::CondUnet(m) => m.forward_flops(h, w),
             Self::SeedUnet(m) => {
                 let (c, b) = (m.config.channels as f64, m.config.base as f64);
                 let conv = |ci: f64, co: f64, px: f64, k: f64| 2.0 * ci * co * k * k * px;
@@ -150,6 +185,7 @@ impl Model {
     pub fn channels(&self) -> usize {
         match self {
             Self::SeedUnet(m) => m.config.channels,
+            Self::CondUnet(m) => m.config.channels,
         }
     }
 
@@ -169,28 +205,41 @@ impl Model {
                 h: dims[2],
                 w: dims[3],
                 multiple: m,
-                levels: 3,
+                levels: m.trailing_zeros() as usize,
             });
         }
         Ok(())
     }
 
-    /// The denoised image for a noisy batch in `[0, 1]`; dropout is on when `rng` is given.
-    pub fn forward(&self, noisy: &Tensor, rng: Option<&mut Rng64>) -> Result<Tensor> {
+    /// The denoised images for a noisy batch around `[0, 1]`; `sigma` `(N,)` is each image's
+    /// noise level on the same scale (required by `cond-unet`, ignored by the blind
+    /// `seed-unet`). Dropout is on when `rng` is given. Not clipped.
+    pub fn forward(
+        &self,
+        noisy: &Tensor,
+        sigma: Option<&Tensor>,
+        rng: Option<&mut Rng64>,
+    ) -> Result<Tensor> {
         self.check_input(noisy)?;
         match self {
             Self::SeedUnet(m) => m.forward(noisy, rng),
+            Self::CondUnet(m) => {
+                let sigma = sigma.ok_or(ModelError::NeedsSigma { arch: "cond-unet" })?;
+                m.denoise(noisy, sigma, rng)
+            }
         }
     }
 
-    /// Denoises an image of any size `(N, C, H, W)`: reflect-pads H and W up to a multiple of
-    /// [`Model::size_multiple`], runs the network without dropout, crops back and clips to `[0, 1]`.
-    pub fn denoise_any_size(&self, noisy: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = noisy.dims4()?;
+    /// Denoises images of any size `(N, C, H, W)` at one noise level: reflect-pads H and W up
+    /// to a multiple of [`Model::size_multiple`], runs the network without dropout, crops back
+    /// and clips to `[0, 1]`. (See [`tiles`] for images too large to run whole.)
+    pub fn denoise_any_size(&self, noisy: &Tensor, sigma: f64) -> Result<Tensor> {
+        let (n, _, h, w) = noisy.dims4()?;
         let m = self.size_multiple();
         let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
         let x = reflect_pad(noisy, ph, pw)?;
-        let y = self.forward(&x, None)?;
+        let s = Tensor::full(sigma as f32, n, noisy.device())?.to_dtype(noisy.dtype())?;
+        let y = self.forward(&x, Some(&s), None)?;
         Ok(y.narrow(2, 0, h)?.narrow(3, 0, w)?.clamp(0f32, 1f32)?)
     }
 
@@ -202,15 +251,26 @@ impl Model {
             .collect()
     }
 
-    /// Overwrites the weights with those of a checkpoint (names and shapes must match).
+    /// Overwrites the weights with those of a checkpoint (names and shapes must match): the
+    /// averaged weights (`ema.*`) where the checkpoint has them, else the trained ones (`model.*`).
     pub fn load_weights(&self, ckpt: &Checkpoint) -> Result<()> {
+        let prefix = if ckpt.has_tensor(&format!("ema.{}", self.vars()[0].0)) {
+            "ema"
+        } else {
+            "model"
+        };
+        self.load_weights_from(ckpt, prefix)
+    }
+
+    /// Overwrites the weights with the checkpoint's tensors `<prefix>.<name>`.
+    pub fn load_weights_from(&self, ckpt: &Checkpoint, prefix: &str) -> Result<()> {
         for (name, var) in self.vars() {
-            let t = ckpt.tensor(&format!("model.{name}"))?;
+            let t = ckpt.tensor(&format!("{prefix}.{name}"))?;
             if t.dims() != var.dims() {
                 return Err(ModelError::BadCheckpoint {
                     path: ckpt.path.clone(),
                     reason: format!(
-                        "tensor model.{name} has shape {:?}, the network expects {:?}",
+                        "tensor {prefix}.{name} has shape {:?}, the network expects {:?}",
                         t.dims(),
                         var.dims()
                     ),

@@ -1,0 +1,76 @@
+//! The noise-level estimator on formula-defined images with synthetic Gaussian noise of
+//! sigma 5 to 50 (0..255 units): within 15 %.
+
+use denoise_data::estimate::{estimate_sigma, estimate_sigma_mad};
+use denoise_data::noise::{add_gaussian, rng_for};
+
+/// Smooth gradients and blobs, `(3, h, w)` in `[0, 1]`.
+fn smooth(h: usize, w: usize, k: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(3 * h * w);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let (fy, fx) = (y as f32 / h as f32, x as f32 / w as f32);
+                let blob =
+                    (-((fx - 0.3 - 0.1 * k as f32).powi(2) + (fy - 0.6).powi(2)) * 8.0).exp();
+                v.push(0.2 + 0.3 * fx * (c as f32 + 1.0) / 3.0 + 0.2 * fy + 0.3 * blob);
+            }
+        }
+    }
+    v
+}
+
+/// Textured: sums of sinusoids at several frequencies and a hard edge, like natural detail.
+fn textured(h: usize, w: usize, k: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(3 * h * w);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let (fy, fx) = (y as f32, x as f32);
+                let t = 0.15 * (fx * 0.21 + fy * 0.05 * k as f32).sin()
+                    + 0.1 * (fy * 0.37 + c as f32).cos()
+                    + 0.05 * (fx * 0.9 + fy * 0.7).sin()
+                    + if x > w / 2 + y / 4 { 0.2 } else { 0.0 };
+                v.push(0.4 + t);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn estimates_are_within_15_percent_from_5_to_50() {
+    for (name, make, size) in [
+        ("smooth", smooth as fn(usize, usize, usize) -> Vec<f32>, 32),
+        ("smooth", smooth, 128),
+        ("textured", textured, 32),
+        ("textured", textured, 128),
+    ] {
+        for sigma in [5.0f64, 10.0, 15.0, 25.0, 50.0] {
+            let mut worst = 0f64;
+            for k in 0..4 {
+                let clean = make(size, size, k);
+                let mut rng = rng_for(&[7, k as u64, sigma as u64]);
+                let noisy = add_gaussian(&clean, (sigma / 255.0) as f32, &mut rng);
+                let est = estimate_sigma(&noisy, (3, size, size)) * 255.0;
+                worst = worst.max((est - sigma).abs() / sigma);
+            }
+            assert!(
+                worst < 0.15,
+                "{name} {size}x{size} sigma {sigma}: worst error {:.1} %",
+                worst * 100.0
+            );
+        }
+    }
+}
+
+#[test]
+fn clean_flat_images_have_no_noise_and_mad_agrees_on_flat_noise() {
+    let flat = vec![0.5f32; 3 * 40 * 40];
+    assert!(estimate_sigma(&flat, (3, 40, 40)) < 1e-6);
+    let mut rng = rng_for(&[1]);
+    let noisy = add_gaussian(&flat, 0.1, &mut rng);
+    let mad = estimate_sigma_mad(&noisy, (3, 40, 40));
+    assert!((mad - 0.1).abs() < 0.01, "{mad}");
+    assert_eq!(estimate_sigma(&[0.5; 3], (3, 1, 1)), 0.0);
+}

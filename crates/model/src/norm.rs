@@ -1,0 +1,326 @@
+//! Group normalisation with an optional fused SiLU, the normalisation of `cond-unet`.
+//!
+//! Built from candle ops, one GroupNorm is some ten element-wise passes forward and twenty
+//! backward over the activations. On the CPU [`GroupNorm::forward`] is one custom op instead:
+//! statistics and output in one pass per group forward, and the whole backward (SiLU, affine,
+//! normalisation) in two. [`reference_group_norm`] is the same function from candle's ops, the
+//! reference it is tested against and the path on other devices.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::params::ParamStore;
+use crate::Result;
+
+/// `GroupNorm(groups, channels)` with learned per-channel scale and shift (initialised to 1
+/// and 0, as PyTorch), optionally followed by SiLU.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub gamma: Var,
+    pub beta: Var,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+/// Groups for `channels`: 32 where that divides them into groups of at least 4 channels,
+/// otherwise the largest divisor of `channels` not above `channels / 4` (at least 1).
+pub fn default_groups(channels: usize) -> usize {
+    let cap = (channels / 4).clamp(1, 32);
+    (1..=cap).rev().find(|g| channels % g == 0).unwrap_or(1)
+}
+
+impl GroupNorm {
+    pub fn new(store: &mut ParamStore, name: &str, channels: usize) -> Result<Self> {
+        let dev = candle_core::Device::Cpu;
+        let gamma = store.push(
+            &format!("{name}.weight"),
+            Tensor::ones(channels, DType::F32, &dev)?,
+        )?;
+        let beta = store.push(
+            &format!("{name}.bias"),
+            Tensor::zeros(channels, DType::F32, &dev)?,
+        )?;
+        Ok(Self {
+            gamma,
+            beta,
+            groups: default_groups(channels),
+            eps: 1e-5,
+        })
+    }
+
+    /// Normalises `x` `(N, C, H, W)`; applies SiLU after the affine map when `silu`.
+    pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+            let op = FusedGroupNorm {
+                groups: self.groups,
+                eps: self.eps,
+                silu,
+            };
+            return Ok(x.apply_op3(self.gamma.as_tensor(), self.beta.as_tensor(), op)?);
+        }
+        reference_group_norm(
+            &x,
+            self.gamma.as_tensor(),
+            self.beta.as_tensor(),
+            self.groups,
+            self.eps,
+            silu,
+        )
+    }
+}
+
+/// GroupNorm (+ SiLU) from candle's own ops, with candle's autograd.
+pub fn reference_group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let g = x.reshape((n, groups, (c / groups) * h * w))?;
+    let mean = g.mean_keepdim(2)?;
+    let centered = g.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = normed
+        .reshape((n, c, h, w))?
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+    Ok(if silu { candle_nn::ops::silu(&y)? } else { y })
+}
+
+struct FusedGroupNorm {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+/// The float types the op runs in.
+trait Real: Copy + Send + Sync + Into<f64> + candle_core::WithDType {
+    fn of(v: f64) -> Self;
+}
+impl Real for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Real for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+}
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// Mean and `1 / sqrt(var + eps)` of one group.
+fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v.into()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let d = v.into() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl FusedGroupNorm {
+    fn dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        if self.groups == 0 || c % self.groups != 0 {
+            candle_core::bail!(
+                "group norm: {c} channels do not split into {} groups",
+                self.groups
+            );
+        }
+        Ok((n, c, h * w))
+    }
+
+    fn forward<T: Real>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        l: &Layout,
+    ) -> candle_core::Result<Vec<T>> {
+        let (_, c, hw) = self.dims(l)?;
+        let cg = c / self.groups;
+        let mut out = vec![T::of(0.0); x.len()];
+        out.par_chunks_mut(cg * hw)
+            .zip(x.par_chunks(cg * hw))
+            .enumerate()
+            .for_each(|(i, (o, xg))| {
+                let (mean, rstd) = stats(xg, self.eps);
+                let c0 = (i % self.groups) * cg;
+                for k in 0..cg {
+                    let (ga, be) = (gamma[c0 + k].into() * rstd, beta[c0 + k].into());
+                    let shift = be - mean * ga;
+                    for (ov, &xv) in o[k * hw..(k + 1) * hw]
+                        .iter_mut()
+                        .zip(&xg[k * hw..(k + 1) * hw])
+                    {
+                        let y = xv.into() * ga + shift;
+                        *ov = T::of(if self.silu { y * sigmoid(y) } else { y });
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (_, c, hw) = self.dims(x.layout())?;
+        let cg = c / self.groups;
+        let xv = x.flatten_all()?.to_vec1::<T>()?;
+        let gv = gamma.to_vec1::<T>()?;
+        let bv = beta.to_vec1::<T>()?;
+        let dv = grad.flatten_all()?.to_vec1::<T>()?;
+        let mut dx = vec![T::of(0.0); xv.len()];
+        // Per group: the partial sums of dgamma and dbeta for its channels, reduced in order below.
+        let partial: Vec<Vec<(f64, f64)>> = dx
+            .par_chunks_mut(cg * hw)
+            .zip(xv.par_chunks(cg * hw).zip(dv.par_chunks(cg * hw)))
+            .enumerate()
+            .map(|(i, (dxg, (xg, dg)))| {
+                let (mean, rstd) = stats(xg, self.eps);
+                let c0 = (i % self.groups) * cg;
+                let mut sums = vec![(0.0, 0.0); cg];
+                // dxhat = dy * gamma; need mean(dxhat) and mean(dxhat * xhat) over the group.
+                let (mut s1, mut s2) = (0.0, 0.0);
+                let mut dxhat = vec![0.0f64; cg * hw];
+                for k in 0..cg {
+                    let (ga, be) = (gv[c0 + k].into(), bv[c0 + k].into());
+                    let (mut dgk, mut dbk) = (0.0, 0.0);
+                    for j in k * hw..(k + 1) * hw {
+                        let xhat = (xg[j].into() - mean) * rstd;
+                        let mut dy = dg[j].into();
+                        if self.silu {
+                            let y = xhat * ga + be;
+                            let s = sigmoid(y);
+                            dy *= s * (1.0 + y * (1.0 - s));
+                        }
+                        dgk += dy * xhat;
+                        dbk += dy;
+                        let d = dy * ga;
+                        dxhat[j] = d;
+                        s1 += d;
+                        s2 += d * xhat;
+                    }
+                    sums[k] = (dgk, dbk);
+                }
+                let m = (cg * hw) as f64;
+                let (s1, s2) = (s1 / m, s2 / m);
+                for j in 0..cg * hw {
+                    let xhat = (xg[j].into() - mean) * rstd;
+                    dxg[j] = T::of(rstd * (dxhat[j] - s1 - xhat * s2));
+                }
+                sums
+            })
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (i, sums) in partial.iter().enumerate() {
+            let c0 = (i % self.groups) * cg;
+            for (k, &(dg, db)) in sums.iter().enumerate() {
+                dgamma[c0 + k] += dg;
+                dbeta[c0 + k] += db;
+            }
+        }
+        let dev = x.device();
+        let conv = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
+        Ok((
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(conv(dgamma), c, dev)?,
+            Tensor::from_vec(conv(dbeta), c, dev)?,
+        ))
+    }
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("group norm: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp3 for FusedGroupNorm {
+    fn name(&self) -> &'static str {
+        "fused-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.forward(
+                    contiguous(x, l1)?,
+                    contiguous(g, l2)?,
+                    contiguous(b, l3)?,
+                    l1,
+                )?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.forward(
+                    contiguous(x, l1)?,
+                    contiguous(g, l2)?,
+                    contiguous(b, l3)?,
+                    l1,
+                )?)
+            }
+            _ => {
+                candle_core::bail!("group norm: input, scale and shift must all be f32 or all f64")
+            }
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dg, db) = match x.dtype() {
+            DType::F32 => self.backward::<f32>(x, gamma, beta, grad)?,
+            DType::F64 => self.backward::<f64>(x, gamma, beta, grad)?,
+            dt => candle_core::bail!("group norm: unsupported dtype {dt:?}"),
+        };
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_counts() {
+        assert_eq!(default_groups(64), 16);
+        assert_eq!(default_groups(128), 32);
+        assert_eq!(default_groups(256), 32);
+        assert_eq!(default_groups(8), 2);
+        assert_eq!(default_groups(3), 1);
+        assert_eq!(default_groups(96), 24);
+    }
+}

@@ -1,0 +1,151 @@
+//! Denoising images of any size with bounded memory: overlapping tiles, smoothly blended.
+//!
+//! An image up to [`TileConfig::whole_limit`] pixels runs whole (reflect-padded to the
+//! network's multiple). A larger one is cut into `tile x tile` windows that overlap by
+//! `overlap` pixels; each window's output is weighted by a ramp that rises over the overlap
+//! (`(i + 1) / (overlap + 1)`, so never zero) and the weighted outputs are averaged. Memory is
+//! that of one window's forward pass plus the image itself.
+
+use candle_core::{Device, Tensor};
+
+use crate::{Model, ModelError, Result};
+
+/// How images are cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileConfig {
+    pub tile: usize,
+    pub overlap: usize,
+    /// Images with at most this many pixels run in one piece.
+    pub whole_limit: usize,
+}
+
+impl Default for TileConfig {
+    fn default() -> Self {
+        Self {
+            tile: 256,
+            overlap: 32,
+            whole_limit: 512 * 512,
+        }
+    }
+}
+
+/// Window starts along one axis of length `n`: every `tile - overlap`, the last flush with the end.
+pub fn starts(n: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    if n <= tile {
+        return vec![0];
+    }
+    let stride = (tile - overlap).max(1);
+    let mut s: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&p| p + tile < n)
+        .collect();
+    s.push(n - tile);
+    s
+}
+
+/// Blending weight of position `i` in a window of length `len` with ramps of `overlap`.
+fn ramp(i: usize, len: usize, overlap: usize) -> f32 {
+    if overlap == 0 {
+        return 1.0;
+    }
+    let up = (i + 1) as f32 / (overlap + 1) as f32;
+    let down = (len - i) as f32 / (overlap + 1) as f32;
+    up.min(down).min(1.0)
+}
+
+/// Denoises one image `(c, h, w)` (values around `[0, 1]`, `c` the model's channels) at noise
+/// level `sigma` (pixel scale); returns the denoised image clipped to `[0, 1]`. `progress` gets
+/// `(windows done, windows)`.
+pub fn denoise_image(
+    model: &Model,
+    img: &[f32],
+    (c, h, w): (usize, usize, usize),
+    sigma: f64,
+    cfg: &TileConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f32>> {
+    if c != model.channels() || img.len() != c * h * w || h == 0 || w == 0 {
+        return Err(ModelError::BadChannels {
+            expected: model.channels(),
+            shape: vec![1, c, h, w],
+        });
+    }
+    if cfg.tile < model.size_multiple() || cfg.overlap >= cfg.tile {
+        return Err(ModelError::BadConfig(format!(
+            "tile {} must be at least {} and larger than the overlap {}",
+            cfg.tile,
+            model.size_multiple(),
+            cfg.overlap
+        )));
+    }
+    let device = model.device().clone();
+    let run = |x: Tensor| -> Result<Vec<f32>> {
+        let y = model.denoise_any_size(&x.to_device(&device)?, sigma)?;
+        Ok(y.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    if h * w <= cfg.whole_limit {
+        progress(0, 1);
+        let out = run(Tensor::from_slice(img, (1, c, h, w), &Device::Cpu)?)?;
+        progress(1, 1);
+        return Ok(out);
+    }
+    let (th, tw) = (cfg.tile.min(h), cfg.tile.min(w));
+    let (ys, xs) = (starts(h, th, cfg.overlap), starts(w, tw, cfg.overlap));
+    let total = ys.len() * xs.len();
+    let mut acc = vec![0f32; c * h * w];
+    let mut wsum = vec![0f32; h * w];
+    let wy: Vec<f32> = (0..th).map(|i| ramp(i, th, cfg.overlap)).collect();
+    let wx: Vec<f32> = (0..tw).map(|i| ramp(i, tw, cfg.overlap)).collect();
+    let mut done = 0;
+    progress(0, total);
+    let mut window = vec![0f32; c * th * tw];
+    for &y0 in &ys {
+        for &x0 in &xs {
+            for ch in 0..c {
+                for y in 0..th {
+                    let src = ch * h * w + (y0 + y) * w + x0;
+                    window[(ch * th + y) * tw..(ch * th + y + 1) * tw]
+                        .copy_from_slice(&img[src..src + tw]);
+                }
+            }
+            let out = run(Tensor::from_slice(&window, (1, c, th, tw), &Device::Cpu)?)?;
+            for y in 0..th {
+                for x in 0..tw {
+                    let wgt = wy[y] * wx[x];
+                    let p = (y0 + y) * w + x0 + x;
+                    wsum[p] += wgt;
+                    for ch in 0..c {
+                        acc[ch * h * w + p] += wgt * out[(ch * th + y) * tw + x];
+                    }
+                }
+            }
+            done += 1;
+            progress(done, total);
+        }
+    }
+    for ch in 0..c {
+        for (a, &s) in acc[ch * h * w..(ch + 1) * h * w].iter_mut().zip(&wsum) {
+            *a /= s;
+        }
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_the_axis() {
+        assert_eq!(starts(100, 256, 32), [0]);
+        assert_eq!(starts(256, 256, 32), [0]);
+        assert_eq!(starts(500, 256, 32), [0, 224, 244]);
+        for n in [257, 700, 4000] {
+            let s = starts(n, 256, 32);
+            assert_eq!(*s.last().unwrap() + 256, n);
+            assert!(s.windows(2).all(|p| p[1] > p[0] && p[1] - p[0] <= 224));
+        }
+        assert!(ramp(0, 256, 32) > 0.0);
+        assert_eq!(ramp(100, 256, 32), 1.0);
+    }
+}
