@@ -213,7 +213,7 @@ fn cifar_binary_train_resume_eval() {
         "--device",
         "cpu",
     ]);
-    assert!(text.contains("| 15 | 10 |"), "{text}");
+    assert!(text.contains("| 15 | true sigma | 10 |"), "{text}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = v["results"].as_array().unwrap();
@@ -549,6 +549,218 @@ fn bad_inputs_are_clear_errors() {
         "cpu",
     ]);
     assert!(err.contains("--sigmas"), "{err}");
+}
+
+/// `generate`: images of every layout and size keep their size, channels, bit depth and
+/// alpha; a folder in gives a folder out; big images go through tiles; `--random` samples a
+/// grid and single images, the same for the same seed.
+#[test]
+fn generate_denoises_any_image_and_samples_new_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p).to_str().unwrap().to_string();
+    let data = image_folder(tmp.path(), 4);
+    ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        &t("run"),
+        "--width",
+        "8",
+        "--batch",
+        "4",
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let model = t("run/last.safetensors");
+    let (w, h) = (41u32, 29u32);
+    let px = |x: u32, y: u32, c: usize| smooth(2, c, y as usize, x as usize);
+    // 16-bit RGBA with a varying alpha, 8-bit gray + alpha, 8-bit gray JPEG, 8-bit RGB.
+    image::ImageBuffer::from_fn(w, h, |x, y| {
+        image::Rgba(
+            [0, 1, 2]
+                .map(|c| px(x, y, c) as u16 * 257 + 3)
+                .into_iter()
+                .chain([(x * 1000 + y) as u16])
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap(),
+        )
+    })
+    .save(t("rgba16.png"))
+    .unwrap();
+    image::ImageBuffer::from_fn(w, h, |x, y| image::LumaA([px(x, y, 0), (x * 6) as u8]))
+        .save(t("graya.png"))
+        .unwrap();
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([px(x, y, 1)]))
+        .save(t("gray.jpg"))
+        .unwrap();
+    let gen = |input: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate", "--model", &model, "--image", input, "--out", out, "--device", "cpu",
+        ];
+        args.extend(extra);
+        ok(&args)
+    };
+    let text = gen(&t("rgba16.png"), &t("out16.png"), &["--sigma", "10"]);
+    assert!(
+        text.contains("16-bit RGBA") && text.contains("10.00 given"),
+        "{text}"
+    );
+    let o = image::open(t("out16.png")).unwrap();
+    assert_eq!(o.color(), image::ColorType::Rgba16);
+    assert_eq!((o.width(), o.height()), (w, h));
+    let alpha: Vec<u16> = o.to_rgba16().pixels().map(|p| p.0[3]).collect();
+    let want: Vec<u16> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x * 1000 + y) as u16))
+        .collect();
+    assert_eq!(alpha, want, "alpha must be kept exactly");
+
+    let text = gen(&t("graya.png"), &t("outga.png"), &[]);
+    assert!(
+        text.contains("gray+alpha") && text.contains("estimated"),
+        "{text}"
+    );
+    let o = image::open(t("outga.png")).unwrap();
+    assert_eq!(o.color(), image::ColorType::La8);
+    assert_eq!(o.to_luma_alpha8().get_pixel(10, 3).0[1], 60);
+
+    gen(&t("gray.jpg"), &t("outg.jpg"), &[]);
+    let o = image::open(t("outg.jpg")).unwrap();
+    assert_eq!(
+        (o.color(), o.width(), o.height()),
+        (image::ColorType::L8, w, h)
+    );
+
+    // Tiles: the same image forced through 256x256 tiles on a larger canvas.
+    image::RgbImage::from_fn(300, 270, |x, y| {
+        image::Rgb([0, 1, 2].map(|c| smooth(1, c, y as usize, x as usize)))
+    })
+    .save(t("big.png"))
+    .unwrap();
+    gen(
+        &t("big.png"),
+        &t("bigout.png"),
+        &["--sigma", "20", "--whole-limit", "1000"],
+    );
+    let o = image::open(t("bigout.png")).unwrap();
+    assert_eq!((o.width(), o.height()), (300, 270));
+
+    // 16-bit or alpha into JPEG: refused before any work, nothing written.
+    let err = fails(&[
+        "generate",
+        "--model",
+        &model,
+        "--image",
+        &t("rgba16.png"),
+        "--out",
+        &t("no.jpg"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("JPEG") && err.contains("no.jpg"), "{err}");
+    assert!(!tmp.path().join("no.jpg").exists());
+
+    // A folder in, a folder out.
+    let dir = tmp.path().join("many");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..3 {
+        write_png(&dir.join(format!("{k}.png")), k, 20 + k, 16);
+    }
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    let text = gen(dir.to_str().unwrap(), &t("many-out"), &[]);
+    assert!(text.contains("3 images denoised"), "{text}");
+    for k in 0..3 {
+        let o = image::open(tmp.path().join(format!("many-out/{k}.png"))).unwrap();
+        assert_eq!((o.width(), o.height()), (20 + k as u32, 16));
+    }
+
+    // New images: a grid and single images, the same for the same seed.
+    let sample = |seed: &str, out: &str| {
+        ok(&[
+            "generate", "--random", "--model", &model, "--count", "4", "--steps", "3", "--seed",
+            seed, "--out", out, "--device", "cpu",
+        ])
+    };
+    let text = sample("1", &t("grid.png"));
+    assert!(text.contains("5 network evaluations"), "{text}");
+    let g = image::open(t("grid.png")).unwrap();
+    assert_eq!((g.width(), g.height()), (2 * 98 + 2, 2 * 98 + 2));
+    let single =
+        |d: &str, i: usize| std::fs::read(tmp.path().join(format!("{d}/{i:03}.png"))).unwrap();
+    sample("1", &t("again.png"));
+    sample("2", &t("other.png"));
+    assert_eq!(single("grid", 0), single("again", 0));
+    assert_eq!(single("grid", 3), single("again", 3));
+    assert_ne!(single("grid", 0), single("other", 0));
+    assert_eq!(
+        image::open(tmp.path().join("grid/001.png"))
+            .unwrap()
+            .width(),
+        32
+    );
+
+    // A blind seed-unet cannot sample; bad sampler flags are named.
+    ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        &t("seed"),
+        "--arch",
+        "seed-unet",
+        "--width",
+        "4",
+        "--batch",
+        "4",
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    let err = fails(&[
+        "generate",
+        "--random",
+        "--model",
+        &t("seed/best.safetensors"),
+        "--out",
+        &t("s.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("seed-unet") && err.contains("cannot sample"),
+        "{err}"
+    );
+    let err = fails(&[
+        "generate",
+        "--random",
+        "--model",
+        &model,
+        "--sampler",
+        "rk4",
+        "--out",
+        &t("s.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("--sampler") && err.contains("rk4"), "{err}");
+    let err = fails(&[
+        "generate",
+        "--model",
+        &model,
+        "--image",
+        &t("gray.jpg"),
+        "--sigma=-1",
+        "--out",
+        &t("s.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("--sigma"), "{err}");
+    assert!(!tmp.path().join("s.png").exists());
 }
 
 /// With no --data and no network, training stops with a message that says where to put the

@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use denoise_data::{download, LoadOptions, Splits};
 use denoise_model::Model;
 use denoise_trainer::{eval, TrainConfig, TrainOptions};
+
+mod images;
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +35,8 @@ enum Command {
     Train(Box<TrainArgs>),
     /// PSNR and SSIM of a model on the test images at several noise levels.
     Eval(EvalArgs),
-    /// Denoise an image file.
+    /// Denoise an image or a folder of images (--image), or generate new images from noise
+    /// with the diffusion sampler (--random).
     Generate(GenerateArgs),
     /// Training and inference throughput on synthetic batches (images/s).
     Bench(BenchArgs),
@@ -104,7 +107,7 @@ struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Output folder: best.safetensors, last.safetensors, metrics.jsonl, steps.csv, loss.png.
-    #[arg(long, default_value = "runs/seed-unet")]
+    #[arg(long, default_value = "runs/default")]
     out: PathBuf,
     /// A TOML or JSON file with any of the training keys; flags override it.
     #[arg(long)]
@@ -114,12 +117,35 @@ struct TrainArgs {
     resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    /// Network architecture.
+    /// Network architecture: cond-unet (noise-level conditioned, the default) or seed-unet
+    /// (the original blind U-Net).
     #[arg(long)]
     arch: Option<String>,
-    /// Width of the network's first level (default 64, the original network).
+    /// Width of the network's first level (default 64).
     #[arg(long)]
     width: Option<usize>,
+    /// cond-unet: width multiple of each level, comma-separated (default 1,2,2).
+    #[arg(long, value_delimiter = ',')]
+    mults: Option<Vec<usize>>,
+    /// cond-unet: residual blocks per level (default 1).
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// cond-unet: self-attention at the lowest resolution.
+    #[arg(long)]
+    attention: bool,
+    /// cond-unet: dropout in the residual blocks (default 0.1).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Loss: edm (sigma-weighted MSE, cond-unet's default) or l1-ssim (the original's).
+    #[arg(long)]
+    loss: Option<String>,
+    /// Share of training noise levels drawn from EDM's log-normal instead of uniformly from
+    /// [sigma-min, sigma-max] (default 1 for cond-unet, 0 for seed-unet).
+    #[arg(long)]
+    lognormal_fraction: Option<f64>,
+    /// Half-life of the weights' moving average in images (0: none; default 500000 for cond-unet).
+    #[arg(long)]
+    ema_halflife: Option<f64>,
     /// Stop after this many optimizer steps in total (counting earlier runs when resuming).
     #[arg(long)]
     max_steps: Option<u64>,
@@ -186,6 +212,9 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Also evaluate with each image's noise level estimated from the noisy image.
+    #[arg(long)]
+    estimate_sigma: bool,
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -198,17 +227,68 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// The noisy image (PNG or JPEG).
+    /// A noisy image (PNG or JPEG; 8- or 16-bit; gray, RGB or with alpha; any size), or a
+    /// folder of them.
+    #[arg(long, conflicts_with = "random", required_unless_present = "random")]
+    image: Option<PathBuf>,
+    /// The image's noise standard deviation in 0..255 units (default: estimated and printed).
     #[arg(long)]
-    image: PathBuf,
-    /// The model checkpoint.
+    sigma: Option<f64>,
+    /// Generate new images from pure noise with the diffusion sampler.
     #[arg(long)]
-    model: PathBuf,
-    /// Where to write the denoised image (.png or .jpg).
+    random: bool,
+    /// --random: how many images.
+    #[arg(long, default_value_t = 16)]
+    count: usize,
+    /// --random: sampler steps (Heun: 2 steps - 1 network evaluations).
+    #[arg(long, default_value_t = 18)]
+    steps: usize,
+    /// --random: heun (second order, EDM's default) or euler.
+    #[arg(long, default_value = "heun")]
+    sampler: String,
+    /// --random: seed of the initial noise (same seed, same images).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// --random: image side (default: 32, the training images').
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// The model checkpoint (default: the shipped model in models/).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output: an image file (.png or .jpg), a folder for a folder of images, or the grid PNG
+    /// for --random (the single images go into a folder named after it).
     #[arg(long)]
     out: PathBuf,
+    /// Images with more pixels than this are denoised in overlapping 256x256 tiles.
+    #[arg(long, default_value_t = 512 * 512)]
+    whole_limit: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+}
+
+/// The model shipped in the repository's `models/` folder.
+const SHIPPED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/cond-unet-cifar10.safetensors"
+);
+
+fn load_model(path: Option<&Path>, device: &Device) -> Result<Model> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = std::env::var_os("DENOISE_MODEL")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(SHIPPED_MODEL));
+            if !p.exists() {
+                bail!(
+                    "no --model given and the default model {} is missing (set DENOISE_MODEL or pass --model)",
+                    p.display()
+                );
+            }
+            p
+        }
+    };
+    Model::load(&path, device).with_context(|| format!("loading the model {}", path.display()))
 }
 
 fn pick_device(d: DeviceArg) -> Result<Device> {
@@ -292,6 +372,27 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if a.width.is_some() {
         c.width = a.width;
     }
+    if a.mults.is_some() {
+        c.mults = a.mults.clone();
+    }
+    if a.blocks.is_some() {
+        c.blocks = a.blocks;
+    }
+    if a.attention {
+        c.attention = Some(true);
+    }
+    if a.dropout.is_some() {
+        c.dropout = a.dropout;
+    }
+    if a.loss.is_some() {
+        c.loss = a.loss.clone();
+    }
+    if a.lognormal_fraction.is_some() {
+        c.lognormal_fraction = a.lognormal_fraction;
+    }
+    if a.ema_halflife.is_some() {
+        c.ema_halflife = a.ema_halflife;
+    }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;
     }
@@ -367,7 +468,28 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         Some(n) => all.first_per_class(n.div_ceil(10)),
         None => all,
     };
-    let results = eval::evaluate(&model, &test, &a.sigmas, a.seed, a.batch, &device, is_tty())?;
+    let mut results = eval::evaluate(
+        &model,
+        &test,
+        &a.sigmas,
+        false,
+        a.seed,
+        a.batch,
+        &device,
+        is_tty(),
+    )?;
+    if a.estimate_sigma {
+        results.extend(eval::evaluate(
+            &model,
+            &test,
+            &a.sigmas,
+            true,
+            a.seed,
+            a.batch,
+            &device,
+            is_tty(),
+        )?);
+    }
     println!(
         "model {} ({}), {} test images, noise seed {}",
         a.model.display(),
@@ -398,40 +520,220 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn output_format(path: &Path) -> Result<image::ImageFormat> {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("png") => Ok(image::ImageFormat::Png),
-        Some("jpg" | "jpeg") => Ok(image::ImageFormat::Jpeg),
-        _ => bail!(
-            "--out {}: expected a .png or .jpg file name",
-            path.display()
-        ),
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let device = pick_device(a.device)?;
+    if let Some(s) = a.sigma {
+        if !(s.is_finite() && s >= 0.0) {
+            bail!("--sigma: expected a noise level >= 0 in 0..255 units, got {s}");
+        }
     }
+    if a.random {
+        return generate_random(&a, &device);
+    }
+    let input = a
+        .image
+        .as_deref()
+        .expect("clap requires --image without --random");
+    let model = load_model(a.model.as_deref(), &device)?;
+    if !input.exists() {
+        bail!("--image {}: no such file or folder", input.display());
+    }
+    if input.is_dir() {
+        return denoise_folder(&a, input, &model);
+    }
+    let format = images::format_of(&a.out)?;
+    let bar = progress_bar(is_tty(), "tiles");
+    let msg = denoise_file(&a, input, &a.out, format, &model, &bar)?;
+    bar.finish_and_clear();
+    println!("{msg}");
+    Ok(())
 }
 
-fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    let format = output_format(&a.out)?;
-    let device = pick_device(a.device)?;
-    let model = Model::load(&a.model, &device)
-        .with_context(|| format!("loading the model {}", a.model.display()))?;
-    let (chw, h, w) = denoise_data::folder::read_rgb(&a.image, None, false)?;
-    let x: Vec<f32> = chw.iter().map(|&p| p as f32 / 255.0).collect();
-    let x = Tensor::from_vec(x, (1, 3, h, w), &Device::Cpu)?.to_device(&device)?;
-    let y = model.denoise_any_size(&x)?.to_device(&Device::Cpu)?;
-    let img = eval::to_rgb(&y.get(0)?)?;
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
-    denoise_model::checkpoint::write_atomic(&a.out, &bytes)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+fn progress_bar(show: bool, unit: &str) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Denoises one file into `out`; returns the line to print.
+fn denoise_file(
+    a: &GenerateArgs,
+    input: &Path,
+    out: &Path,
+    format: image::ImageFormat,
+    model: &Model,
+    bar: &indicatif::ProgressBar,
+) -> Result<String> {
+    let pic = images::read(input)?;
+    // Fail on an impossible output before the (long) denoising.
+    images::check_writable(&pic, format).with_context(|| format!("--out {}", out.display()))?;
+    let (sigma, how) = match a.sigma {
+        Some(s) => (s / 255.0, "given"),
+        None => (
+            denoise_data::estimate::estimate_sigma(&pic.rgb, (3, pic.h, pic.w)),
+            "estimated",
+        ),
+    };
+    if !model.is_conditioned() && a.sigma.is_some() {
+        tracing::warn!(
+            "{} is a blind denoiser: --sigma is ignored",
+            model.config().arch()
+        );
+    }
+    let cfg = denoise_model::tiles::TileConfig {
+        whole_limit: a.whole_limit,
+        ..Default::default()
+    };
+    bar.set_message(format!("{}", input.display()));
+    let rgb = denoise_model::tiles::denoise_image(
+        model,
+        &pic.rgb,
+        (3, pic.h, pic.w),
+        sigma,
+        &cfg,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    let bytes = images::encode(&rgb, &pic, format)?;
+    denoise_model::checkpoint::write_atomic(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(format!(
+        "denoised {} ({}, noise sigma {:.2} {how}) -> {}",
+        input.display(),
+        pic.describe(),
+        sigma * 255.0,
+        out.display()
+    ))
+}
+
+fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
+    let files = images::list_images(dir)?;
+    if files.is_empty() {
+        bail!(
+            "--image {}: the folder has no .png or .jpg files",
+            dir.display()
+        );
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!(
+            "--out {}: with a folder of images, --out must be a folder",
+            a.out.display()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = progress_bar(is_tty(), "images");
+    bar.set_length(files.len() as u64);
+    let tiles = indicatif::ProgressBar::hidden();
+    let mut failed = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        bar.set_message(format!("{}", f.display()));
+        let out = a.out.join(f.file_name().expect("listed files have names"));
+        let result = images::format_of(&out)
+            .and_then(|format| denoise_file(a, f, &out, format, model, &tiles));
+        match result {
+            Ok(msg) => bar.suspend(|| println!("{msg}")),
+            Err(e) => {
+                bar.suspend(|| eprintln!("error: {e:#}"));
+                failed.push(f.display().to_string());
+            }
+        }
+        bar.set_position(i as u64 + 1);
+    }
+    bar.finish_and_clear();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} images failed: {}",
+            failed.len(),
+            files.len(),
+            failed.join(", ")
+        );
+    }
+    println!("{} images denoised into {}", files.len(), a.out.display());
+    Ok(())
+}
+
+fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
+    use denoise_model::sampler::{self, Method, SamplerConfig};
+    if images::format_of(&a.out)? != image::ImageFormat::Png {
+        bail!(
+            "--out {}: the grid is written as PNG: use a .png name",
+            a.out.display()
+        );
+    }
+    if a.count == 0 || a.steps == 0 {
+        bail!("--count and --steps must be at least 1");
+    }
+    let model = load_model(a.model.as_deref(), device)?;
+    if !model.is_conditioned() {
+        bail!(
+            "{} is a blind denoiser and cannot sample new images: use a cond-unet model",
+            model.config().arch()
+        );
+    }
+    let m = model.size_multiple();
+    if a.size == 0 || !a.size.is_multiple_of(m) {
+        bail!("--size must be a positive multiple of {m}");
+    }
+    let method: Method = a
+        .sampler
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--sampler: {e}"))?;
+    let cfg = SamplerConfig {
+        steps: a.steps,
+        method,
+        ..Default::default()
+    };
+    let c = model.channels();
+    let bar = progress_bar(is_tty(), "steps");
+    bar.set_length(a.steps as u64);
+    bar.set_message(format!("sampling {} images", a.count));
+    let t = std::time::Instant::now();
+    let x = sampler::sample(
+        &sampler::ModelDenoiser(&model),
+        &[a.count, c, a.size, a.size],
+        &cfg,
+        a.seed,
+        device,
+        &mut |i, _| bar.set_position(i as u64),
+    )?;
+    bar.finish_and_clear();
+    let x = sampler::to_pixels(&x)?.to_device(&Device::Cpu)?;
+    let dir = a.out.with_extension("");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tiles = Vec::new();
+    for i in 0..a.count {
+        let img = eval::to_rgb(&x.get(i)?)?;
+        let path = dir.join(format!("{i:03}.png"));
+        eval::save_png_atomic(&img, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        tiles.push(img);
+    }
+    let grid = eval::grid_of(&tiles, (a.count as f64).sqrt().ceil() as usize);
+    eval::save_png_atomic(&grid, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
     println!(
-        "denoised {} ({w}x{h}) -> {}",
-        a.image.display(),
-        a.out.display()
+        "{} images ({}x{}, {:?} sampler, {} steps = {} network evaluations, seed {}) in {:.1} s -> {} and {}/",
+        a.count,
+        a.size,
+        a.size,
+        method,
+        a.steps,
+        cfg.evaluations(),
+        a.seed,
+        t.elapsed().as_secs_f64(),
+        a.out.display(),
+        dir.display()
     );
     Ok(())
 }

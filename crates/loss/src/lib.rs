@@ -3,7 +3,8 @@
 //! `denoise-loss` is the one crate of the workspace meant to be imported on its own: it gives
 //! SSIM (Wang et al. 2004, as scikit-image computes it: 11x11 Gaussian window with sigma 1.5,
 //! K1 = 0.01, K2 = 0.03, mean over the valid region and then over channels), PSNR, L1, MSE and
-//! the original project's training mix `w * (1 - SSIM) + (1 - w) * L1` with `w = 0.84`.
+//! the original project's training mix `w * (1 - SSIM) + (1 - w) * L1` with `w = 0.84`, and
+//! EDM's noise-level-weighted MSE ([`weighted_mse`], [`edm_weight`]).
 //! Every loss is built from candle operations, so gradients flow through it on any device.
 //! It knows nothing of models, files or training loops.
 //!
@@ -71,6 +72,24 @@ pub fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a, b) = as_4d(a, b)?;
     Ok((a - b)?.sqr()?.mean_all()?)
+}
+
+/// Mean over all elements of `w_i (a - b)^2`, with one weight per image (`weights` of shape
+/// `(N,)`): a scalar, differentiable in `a` and `b`.
+pub fn weighted_mse(a: &Tensor, b: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let (a, b) = as_4d(a, b)?;
+    let n = a.dim(0)?;
+    let w = weights.to_dtype(a.dtype())?.reshape((n, 1, 1, 1))?;
+    Ok((a - b)?.sqr()?.broadcast_mul(&w)?.mean_all()?)
+}
+
+/// EDM's loss weight for an image whose noise level is `sigma` on the `[0, 1]` pixel scale,
+/// for a denoiser compared with the clean image on that same scale: `lambda(s) = (s^2 + sd^2)
+/// / (s sd)^2` with `s = 2 sigma` on EDM's `[-1, 1]` scale, times 4 because differences on
+/// the pixel scale are half as large. `sigma` is floored at EDM's `sigma_min` (0.002 / 2).
+pub fn edm_weight(sigma: f64, sigma_data: f64) -> f64 {
+    let s = (2.0 * sigma).max(0.002);
+    4.0 * (s * s + sigma_data * sigma_data) / (s * sigma_data).powi(2)
 }
 
 /// Peak signal-to-noise ratio in dB, one value per image (shape `(N,)`), computed in f32.

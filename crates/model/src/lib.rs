@@ -230,15 +230,27 @@ impl Model {
         }
     }
 
-    /// Denoises images of any size `(N, C, H, W)` at one noise level: reflect-pads H and W up
-    /// to a multiple of [`Model::size_multiple`], runs the network without dropout, crops back
-    /// and clips to `[0, 1]`. (See [`tiles`] for images too large to run whole.)
-    pub fn denoise_any_size(&self, noisy: &Tensor, sigma: f64) -> Result<Tensor> {
+    /// Denoises images of any size `(N, C, H, W)`: reflect-pads H and W up to a multiple of
+    /// [`Model::size_multiple`], runs the network without dropout, crops back and clips to
+    /// `[0, 1]`. `sigmas` holds each image's noise level on the pixel scale, or one level for
+    /// all. (See [`tiles`] for images too large to run whole.)
+    pub fn denoise_any_size(&self, noisy: &Tensor, sigmas: &[f64]) -> Result<Tensor> {
         let (n, _, h, w) = noisy.dims4()?;
         let m = self.size_multiple();
         let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
         let x = reflect_pad(noisy, ph, pw)?;
-        let s = Tensor::full(sigma as f32, n, noisy.device())?.to_dtype(noisy.dtype())?;
+        let s: Vec<f32> = match sigmas.len() {
+            1 => vec![sigmas[0] as f32; n],
+            k if k == n => sigmas.iter().map(|&v| v as f32).collect(),
+            k => {
+                return Err(ModelError::BadConfig(format!(
+                    "{k} noise levels for {n} images"
+                )))
+            }
+        };
+        let s = Tensor::from_vec(s, n, &Device::Cpu)?
+            .to_device(noisy.device())?
+            .to_dtype(noisy.dtype())?;
         let y = self.forward(&x, Some(&s), None)?;
         Ok(y.narrow(2, 0, h)?.narrow(3, 0, w)?.clamp(0f32, 1f32)?)
     }

@@ -26,7 +26,10 @@ pub struct GroupNorm {
 /// otherwise the largest divisor of `channels` not above `channels / 4` (at least 1).
 pub fn default_groups(channels: usize) -> usize {
     let cap = (channels / 4).clamp(1, 32);
-    (1..=cap).rev().find(|g| channels % g == 0).unwrap_or(1)
+    (1..=cap)
+        .rev()
+        .find(|g| channels.is_multiple_of(*g))
+        .unwrap_or(1)
 }
 
 impl GroupNorm {
@@ -135,7 +138,7 @@ fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
 impl FusedGroupNorm {
     fn dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        if self.groups == 0 || c % self.groups != 0 {
+        if self.groups == 0 || !c.is_multiple_of(self.groups) {
             candle_core::bail!(
                 "group norm: {c} channels do not split into {} groups",
                 self.groups

@@ -80,7 +80,7 @@ pub fn denoise_image(
     }
     let device = model.device().clone();
     let run = |x: Tensor| -> Result<Vec<f32>> {
-        let y = model.denoise_any_size(&x.to_device(&device)?, sigma)?;
+        let y = model.denoise_any_size(&x.to_device(&device)?, &[sigma])?;
         Ok(y.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
     };
     if h * w <= cfg.whole_limit {

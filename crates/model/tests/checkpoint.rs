@@ -17,8 +17,8 @@ fn a_checkpoint_describes_itself_and_round_trips() {
     let loaded = Model::load(&path, &Device::Cpu).unwrap();
     assert_eq!(loaded.config(), small());
     let x = Tensor::rand(0f32, 1f32, (1, 3, 16, 24), &Device::Cpu).unwrap();
-    let a = model.forward(&x, None).unwrap();
-    let b = loaded.forward(&x, None).unwrap();
+    let a = model.forward(&x, None, None).unwrap();
+    let b = loaded.forward(&x, None, None).unwrap();
     let d = (a - b)
         .unwrap()
         .abs()
@@ -87,12 +87,12 @@ fn input_sizes_are_checked() {
     let m = Model::new(&small(), &Device::Cpu, 0).unwrap();
     let x = Tensor::zeros((1, 3, 20, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
-        m.forward(&x, None),
+        m.forward(&x, None, None),
         Err(ModelError::BadSize { .. })
     ));
     let x = Tensor::zeros((1, 1, 16, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
-        m.forward(&x, None),
+        m.forward(&x, None, None),
         Err(ModelError::BadChannels { .. })
     ));
 }

@@ -1,5 +1,5 @@
-//! Where a seed-unet training step's time goes on the CPU (batch 64): forward, loss, backward,
-//! optimizer. `cargo run --release -p denoise-trainer --example step_profile`
+//! Where a training step's time goes on the CPU (batch 64): forward, loss, backward,
+//! optimizer. `cargo run --release -p denoise-trainer --example step_profile [-- cond-unet]`
 
 use std::time::Instant;
 
@@ -10,7 +10,12 @@ use denoise_trainer::{Adam, AdamConfig};
 
 fn main() -> anyhow_free::Result {
     let dev = Device::Cpu;
-    let model = Model::new(&ModelConfig::from_arch("seed-unet").unwrap(), &dev, 0)?;
+    let arch = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "seed-unet".into());
+    let config = ModelConfig::from_arch(&arch).ok_or("unknown architecture")?;
+    let model = Model::new(&config, &dev, 0)?;
+    let sigma = Tensor::full(0.1f32, 64, &dev)?;
     let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
     let clean = Tensor::rand(0f32, 1f32, (64, 3, 32, 32), &dev)?;
     let noisy = (&clean + Tensor::randn(0f32, 0.1f32, clean.shape(), &dev)?)?;
@@ -20,7 +25,7 @@ fn main() -> anyhow_free::Result {
     let steps = 4;
     for i in 0..=steps {
         let s = Instant::now();
-        let out = model.forward(&noisy, Some(&mut rng))?;
+        let out = model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
         let a = s.elapsed().as_secs_f64();
         let loss = loss_fn.forward(&out, &clean)?;
         let b = s.elapsed().as_secs_f64();

@@ -92,16 +92,18 @@ pub fn bench(
         (infer_batch, model.channels(), size, size),
         device,
     )?;
+    let sigma = Tensor::full(0.1f32, train_batch, device)?;
+    let infer_sigma = Tensor::full(0.1f32, infer_batch, device)?;
     let mut rng = denoise_model::rng(0);
     let mut train_step = || -> Result<()> {
-        let out = model.forward(&noisy, Some(&mut rng))?;
+        let out = model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
         let loss = loss_fn.forward(&out, &clean)?;
         adam.step(&loss.backward()?)?;
         loss.to_scalar::<f32>()?; // waits for the device
         Ok(())
     };
     let infer_step = || -> Result<()> {
-        let y = model.forward(&infer, None)?;
+        let y = model.forward(&infer, Some(&infer_sigma), None)?;
         y.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };

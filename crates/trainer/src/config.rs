@@ -7,14 +7,38 @@ use serde::{Deserialize, Serialize};
 use crate::{Result, TrainError};
 
 /// The recipe. Defaults are the original project's: Adam (lr 1e-3, weight decay 1e-4),
-/// batch 64, up to 30 epochs, StepLR (10, 0.7), early stopping after 3 epochs, L1 + SSIM.
+/// batch 64, up to 30 epochs, StepLR (10, 0.7), early stopping after 3 epochs. Some defaults
+/// depend on the architecture: `cond-unet` (the default) trains with EDM's log-normal noise
+/// levels, EDM's weighted MSE and an EMA of the weights; `seed-unet` as the original, with
+/// uniform noise levels, L1 + SSIM and no EMA.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Network architecture (`seed-unet`).
+    /// Network architecture (`cond-unet` or `seed-unet`).
     pub arch: String,
-    /// Width of the network's first level (64 for the original `seed-unet`).
+    /// Width of the network's first level (64 for both by default).
     pub width: Option<usize>,
+    /// `cond-unet` only: width multiples per level, residual blocks per level, self-attention
+    /// at the lowest resolution, dropout.
+    pub mults: Option<Vec<usize>>,
+    pub blocks: Option<usize>,
+    pub attention: Option<bool>,
+    pub dropout: Option<f64>,
+    /// `l1-ssim` (the original's L1 + SSIM on the denoised image) or `edm` (EDM's
+    /// sigma-weighted MSE); default `edm` for cond-unet, `l1-ssim` for seed-unet.
+    pub loss: Option<String>,
+    /// Share of noise levels drawn from EDM's log-normal `ln(s) ~ N(p_mean, p_std^2)` (`s` on
+    /// the `[-1, 1]` scale, twice the pixel-scale sigma) rather than uniformly from
+    /// `[sigma_min, sigma_max]`; default 1 for cond-unet, 0 for seed-unet.
+    pub lognormal_fraction: Option<f64>,
+    pub p_mean: f64,
+    pub p_std: f64,
+    /// Half-life, in images, of the exponential moving average of the weights that is saved
+    /// and used for validation, evaluation and sampling (0: none); default 500,000 for
+    /// cond-unet, none for seed-unet. While fewer than `half_life / ema_rampup` images have
+    /// been seen it is `ema_rampup` times the images seen.
+    pub ema_halflife: Option<f64>,
+    pub ema_rampup: f64,
     pub epochs: usize,
     pub batch: usize,
     pub lr: f64,
@@ -49,8 +73,18 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            arch: "seed-unet".into(),
+            arch: "cond-unet".into(),
             width: None,
+            mults: None,
+            blocks: None,
+            attention: None,
+            dropout: None,
+            loss: None,
+            lognormal_fraction: None,
+            p_mean: -1.2,
+            p_std: 1.2,
+            ema_halflife: None,
+            ema_rampup: 0.05,
             epochs: 30,
             batch: 64,
             lr: 1e-3,
@@ -75,6 +109,15 @@ impl Default for TrainConfig {
     }
 }
 
+/// What the network is trained to minimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// The original's `(1 - w) L1 + w (1 - SSIM)` on the denoised image.
+    L1Ssim,
+    /// EDM's `lambda(s) |D - y|^2` on the `[-1, 1]` scale, `lambda = (s^2 + sd^2) / (s sd)^2`.
+    Edm,
+}
+
 impl TrainConfig {
     /// Reads a TOML (`.toml`) or JSON file; missing keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -93,13 +136,53 @@ impl TrainConfig {
 
     /// The network this configuration trains.
     pub fn model_config(&self) -> Option<denoise_model::ModelConfig> {
-        let mut c = denoise_model::ModelConfig::from_arch(&self.arch)?;
+        use denoise_model::ModelConfig;
+        let mut c = ModelConfig::from_arch(&self.arch)?;
         if let Some(w) = self.width {
-            match &mut c {
-                denoise_model::ModelConfig::SeedUnet(s) => s.base = w,
+            c.set_width(w);
+        }
+        if let ModelConfig::CondUnet(u) = &mut c {
+            if let Some(m) = &self.mults {
+                u.mults = m.clone();
+            }
+            if let Some(b) = self.blocks {
+                u.blocks = b;
+            }
+            if let Some(a) = self.attention {
+                u.attention = a;
+            }
+            if let Some(d) = self.dropout {
+                u.dropout = d;
             }
         }
         Some(c)
+    }
+
+    fn conditioned(&self) -> bool {
+        self.arch != "seed-unet"
+    }
+
+    /// The loss in use, with the architecture's default resolved.
+    pub fn loss_kind(&self) -> LossKind {
+        match self.loss.as_deref() {
+            Some("edm") => LossKind::Edm,
+            Some(_) => LossKind::L1Ssim,
+            None if self.conditioned() => LossKind::Edm,
+            None => LossKind::L1Ssim,
+        }
+    }
+
+    pub fn lognormal_share(&self) -> f64 {
+        self.lognormal_fraction
+            .unwrap_or(if self.conditioned() { 1.0 } else { 0.0 })
+    }
+
+    /// The EMA half-life in images, if an average is kept.
+    pub fn ema_half_life(&self) -> Option<f64> {
+        let h = self
+            .ema_halflife
+            .unwrap_or(if self.conditioned() { 500_000.0 } else { 0.0 });
+        (h > 0.0).then_some(h)
     }
 
     /// Checks that the values make sense.
@@ -114,6 +197,40 @@ impl TrainConfig {
         }
         if self.width == Some(0) {
             return bad("width must be at least 1".into());
+        }
+        if !self.conditioned()
+            && (self.mults.is_some()
+                || self.blocks.is_some()
+                || self.attention.is_some()
+                || self.dropout.is_some())
+        {
+            return bad("mults, blocks, attention and dropout apply to cond-unet only".into());
+        }
+        if let Some(denoise_model::ModelConfig::CondUnet(u)) = self.model_config() {
+            u.check().map_err(TrainError::Config)?;
+        }
+        if let Some(l) = &self.loss {
+            if l != "edm" && l != "l1-ssim" {
+                return bad(format!("unknown loss `{l}` (expected edm or l1-ssim)"));
+            }
+            if l == "edm" && !self.conditioned() {
+                return bad("the edm loss needs a noise-conditioned network (cond-unet)".into());
+            }
+        }
+        if self
+            .lognormal_fraction
+            .is_some_and(|f| !(0.0..=1.0).contains(&f))
+        {
+            return bad("lognormal_fraction must be in [0, 1]".into());
+        }
+        if !(self.p_std >= 0.0 && self.p_mean.is_finite()) {
+            return bad("p_std must be >= 0 and p_mean finite".into());
+        }
+        if self.ema_halflife.is_some_and(|h| h.is_nan() || h < 0.0)
+            || self.ema_rampup.is_nan()
+            || self.ema_rampup <= 0.0
+        {
+            return bad("ema_halflife must be >= 0 and ema_rampup > 0".into());
         }
         if self.batch == 0 {
             return bad("batch must be at least 1".into());

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use denoise_data::estimate::estimate_sigma;
 use denoise_data::noise::{add_gaussian, rng_for};
 use denoise_data::ImageSet;
 use denoise_loss::{psnr, Ssim};
@@ -22,6 +23,12 @@ pub struct EvalResult {
     pub noisy_ssim: f64,
     pub psnr: f64,
     pub ssim: f64,
+    /// Whether the model was given each image's noise level estimated from the noisy image
+    /// (rather than the true one), and the mean estimate (0..255 units).
+    #[serde(default)]
+    pub estimated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_estimate: Option<f64>,
 }
 
 /// The noisy version of image `i` at `sigma` (0..255 units): noise from `(seed, sigma, i)`,
@@ -31,9 +38,10 @@ pub fn noisy_image(set: &ImageSet, i: usize, sigma: f64, seed: u64) -> Vec<f32> 
     add_gaussian(&set.image_f32(i), (sigma / 255.0) as f32, &mut rng)
 }
 
-/// Denoises a batch `(n, c, h, w)` of any size and clips the result to `[0, 1]`.
-pub fn denoise_batch(model: &Model, noisy: &Tensor) -> Result<Tensor> {
-    Ok(model.denoise_any_size(noisy)?)
+/// Denoises a batch `(n, c, h, w)` of any size at noise levels `sigmas` (pixel `[0, 1]`
+/// scale, one per image or one for all) and clips the result to `[0, 1]`.
+pub fn denoise_batch(model: &Model, noisy: &Tensor, sigmas: &[f64]) -> Result<Tensor> {
+    Ok(model.denoise_any_size(noisy, sigmas)?)
 }
 
 fn mean(v: &[f32]) -> f64 {
@@ -41,11 +49,14 @@ fn mean(v: &[f32]) -> f64 {
     v.iter().map(|&x| x.min(100.0) as f64).sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Scores `model` on every image of `set` at each noise level in `sigmas`.
+/// Scores `model` on every image of `set` at each noise level in `sigmas`, giving it the true
+/// noise level, or, with `estimate`, the level [`estimate_sigma`] finds in each noisy image.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
     set: &ImageSet,
     sigmas: &[f64],
+    estimate: bool,
     seed: u64,
     batch: usize,
     device: &Device,
@@ -70,6 +81,7 @@ pub fn evaluate(
     let mut out = Vec::new();
     for &sigma in sigmas {
         let (mut np, mut ns, mut dp, mut ds) = (vec![], vec![], vec![], vec![]);
+        let mut estimates = Vec::new();
         for start in (0..set.n).step_by(batch.max(1)) {
             let idx: Vec<usize> = (start..(start + batch.max(1)).min(set.n)).collect();
             let clean: Vec<f32> = idx.iter().flat_map(|&i| set.image_f32(i)).collect();
@@ -77,9 +89,21 @@ pub fn evaluate(
                 .iter()
                 .flat_map(|&i| noisy_image(set, i, sigma, seed))
                 .collect();
+            let levels: Vec<f64> = if estimate {
+                noisy
+                    .chunks(set.c * set.h * set.w)
+                    .map(|img| estimate_sigma(img, (set.c, set.h, set.w)))
+                    .collect()
+            } else {
+                vec![sigma / 255.0]
+            };
+            if estimate {
+                estimates.extend(levels.iter().map(|s| s * 255.0));
+            }
             let clean = Tensor::from_vec(clean, shape(idx.len()), &Device::Cpu)?;
             let noisy = Tensor::from_vec(noisy, shape(idx.len()), &Device::Cpu)?;
-            let den = denoise_batch(model, &noisy.to_device(device)?)?.to_device(&Device::Cpu)?;
+            let den = denoise_batch(model, &noisy.to_device(device)?, &levels)?
+                .to_device(&Device::Cpu)?;
             np.extend(psnr(&noisy, &clean, 1.0)?.to_vec1::<f32>()?);
             ns.extend(ssim.per_image(&noisy, &clean)?.to_vec1::<f32>()?);
             dp.extend(psnr(&den, &clean, 1.0)?.to_vec1::<f32>()?);
@@ -93,6 +117,9 @@ pub fn evaluate(
             noisy_ssim: mean(&ns),
             psnr: mean(&dp),
             ssim: mean(&ds),
+            estimated: estimate,
+            mean_estimate: estimate
+                .then(|| estimates.iter().sum::<f64>() / estimates.len().max(1) as f64),
         });
     }
     bar.finish_and_clear();
@@ -101,10 +128,14 @@ pub fn evaluate(
 
 /// The results as a Markdown table.
 pub fn table(results: &[EvalResult]) -> String {
-    let mut s = String::from("| sigma | images | noisy PSNR | noisy SSIM | denoised PSNR | denoised SSIM |\n|---:|---:|---:|---:|---:|---:|\n");
+    let mut s = String::from("| sigma | model given | images | noisy PSNR | noisy SSIM | denoised PSNR | denoised SSIM |\n|---:|:---|---:|---:|---:|---:|---:|\n");
     for r in results {
+        let given = match r.mean_estimate {
+            Some(m) if r.estimated => format!("estimate (mean {m:.2})"),
+            _ => "true sigma".to_string(),
+        };
         s += &format!(
-            "| {} | {} | {:.2} | {:.4} | {:.2} | {:.4} |\n",
+            "| {} | {given} | {} | {:.2} | {:.4} | {:.2} | {:.4} |\n",
             r.sigma, r.images, r.noisy_psnr, r.noisy_ssim, r.psnr, r.ssim
         );
     }
@@ -160,7 +191,8 @@ pub fn write_grid(
             (k, c, h, w),
             &Device::Cpu,
         )?;
-        let den = denoise_batch(model, &noisy.to_device(device)?)?.to_device(&Device::Cpu)?;
+        let den = denoise_batch(model, &noisy.to_device(device)?, &[sigma / 255.0])?
+            .to_device(&Device::Cpu)?;
         for (r, t) in [&noisy, &den, &clean].into_iter().enumerate() {
             for i in 0..k {
                 let img = to_rgb(&t.get(i)?)?;
@@ -177,6 +209,32 @@ pub fn write_grid(
         }
     }
     save_png_atomic(&canvas, path)
+}
+
+/// Lays images out in a grid of `columns`, with a white 2-pixel border, small images
+/// enlarged (nearest neighbour) to at least 96 pixels.
+pub fn grid_of(images: &[image::RgbImage], columns: usize) -> image::RgbImage {
+    let Some(first) = images.first() else {
+        return image::RgbImage::new(1, 1);
+    };
+    let (w, h) = (first.width(), first.height());
+    let scale = (96 / w.max(h)).max(1);
+    let (cw, ch) = (w * scale + 2, h * scale + 2);
+    let cols = columns.clamp(1, images.len()) as u32;
+    let rows = (images.len() as u32).div_ceil(cols);
+    let mut canvas =
+        image::RgbImage::from_pixel(cw * cols + 2, ch * rows + 2, image::Rgb([255, 255, 255]));
+    for (i, img) in images.iter().enumerate() {
+        let big = image::imageops::resize(
+            img,
+            w * scale,
+            h * scale,
+            image::imageops::FilterType::Nearest,
+        );
+        let (x0, y0) = (2 + (i as u32 % cols) * cw, 2 + (i as u32 / cols) * ch);
+        image::imageops::replace(&mut canvas, &big, x0 as i64, y0 as i64);
+    }
+    canvas
 }
 
 /// Saves an RGB image as PNG through a temporary file and a rename.

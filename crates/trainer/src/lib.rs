@@ -1,7 +1,8 @@
 //! Training and evaluation of `denoise` models.
 //!
 //! `denoise-trainer` runs the original project's recipe (Adam with L2 weight decay, StepLR,
-//! early stopping on the validation loss, L1 + SSIM) on the batches `denoise-data` makes,
+//! early stopping on the validation loss, L1 + SSIM) and EDM's (log-normal noise levels, the
+//! sigma-weighted MSE, an EMA of the weights) on the batches `denoise-data` makes,
 //! writes `best.safetensors` and `last.safetensors` atomically (the latter with everything a
 //! resume needs), per-validation metrics (`metrics.jsonl`), per-step losses (`steps.csv`) and
 //! a loss plot (`loss.png`); and evaluates models (PSNR and SSIM at several noise levels, a PNG
@@ -11,6 +12,7 @@
 pub mod adam;
 pub mod bench;
 pub mod config;
+pub mod ema;
 pub mod eval;
 pub mod plot;
 pub mod schedule;
@@ -18,7 +20,7 @@ pub mod selftest;
 pub mod train;
 
 pub use adam::{Adam, AdamConfig};
-pub use config::TrainConfig;
+pub use config::{LossKind, TrainConfig};
 pub use eval::{evaluate, EvalResult};
 pub use train::{read_state, train, TrainOptions, TrainState, TrainSummary};
 

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use denoise_loss::MixLoss;
-use denoise_model::{Model, ModelConfig, SeedUnetConfig};
+use denoise_model::{CondUnetConfig, Model, ModelConfig, SeedUnetConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -30,7 +30,8 @@ fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok((a - b)?.abs()?.max(0)?.to_scalar::<f64>()? / scale)
 }
 
-/// Compares `device` with the CPU on a seed-unet of width `width`, batch `n` of `size`x`size`.
+/// Compares `device` with the CPU on a seed-unet and a cond-unet of width `width`, batch `n`
+/// of `size`x`size`; check names start with the architecture.
 pub fn selftest(
     device: &Device,
     width: usize,
@@ -38,29 +39,66 @@ pub fn selftest(
     size: usize,
     tol: f64,
 ) -> Result<Vec<Check>> {
-    let config = ModelConfig::SeedUnet(SeedUnetConfig {
-        base: width,
-        ..Default::default()
-    });
-    let cpu = Model::new(&config, &Device::Cpu, 7)?;
-    let dev = Model::new(&config, device, 0)?;
-    for ((_, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
+    let mut checks = selftest_one(
+        &ModelConfig::SeedUnet(SeedUnetConfig {
+            base: width,
+            ..Default::default()
+        }),
+        device,
+        n,
+        size,
+        tol,
+    )?;
+    checks.extend(selftest_one(
+        &ModelConfig::CondUnet(CondUnetConfig {
+            base: width,
+            attention: true,
+            ..Default::default()
+        }),
+        device,
+        n,
+        size,
+        tol,
+    )?);
+    Ok(checks)
+}
+
+fn selftest_one(
+    config: &ModelConfig,
+    device: &Device,
+    n: usize,
+    size: usize,
+    tol: f64,
+) -> Result<Vec<Check>> {
+    let cpu = Model::new(config, &Device::Cpu, 7)?;
+    let dev = Model::new(config, device, 0)?;
+    for ((name, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
+        if name.starts_with("out.") && cpu.is_conditioned() {
+            // cond-unet's last layer starts at zero; give it values so that gradients flow.
+            a.set(&(Tensor::randn(0f32, 0.05f32, a.shape(), &Device::Cpu)?))?;
+        }
         b.set(&a.as_tensor().to_device(device)?)?;
     }
     let clean = Tensor::rand(0f32, 1f32, (n, 3, size, size), &Device::Cpu)?;
     let noisy = (&clean + Tensor::randn(0f32, 0.1f32, clean.shape(), &Device::Cpu)?)?;
+    let sigma = Tensor::full(0.1f32, n, &Device::Cpu)?;
     let loss = MixLoss::default();
+    let arch = config.arch();
     let mut checks = Vec::new();
     let mut push = |name: String, e: f64| {
         checks.push(Check {
-            name,
+            name: format!("{arch} {name}"),
             rel_err: e,
             passed: e < tol,
         })
     };
 
-    let out_c = cpu.forward(&noisy, None)?;
-    let out_d = dev.forward(&noisy.to_device(device)?, None)?;
+    let out_c = cpu.forward(&noisy, Some(&sigma), None)?;
+    let out_d = dev.forward(
+        &noisy.to_device(device)?,
+        Some(&sigma.to_device(device)?),
+        None,
+    )?;
     push("forward".into(), rel(&out_d, &out_c)?);
     let l_c = loss.forward(&out_c, &clean)?;
     let l_d = loss.forward(&out_d, &clean.to_device(device)?)?;

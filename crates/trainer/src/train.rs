@@ -9,12 +9,14 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use denoise_data::batch::{validation_batches, BatchConfig, Batcher};
 use denoise_data::{ImageSet, Splits};
-use denoise_loss::{psnr, MixLoss};
+use denoise_loss::{edm_weight, mse, psnr, weighted_mse, MixLoss};
 use denoise_model::{Checkpoint, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::adam::{Adam, AdamConfig};
+use crate::ema::Ema;
 use crate::schedule::{EarlyStopping, StepLr};
+use crate::LossKind;
 use crate::{io_err, Result, TrainConfig, TrainError};
 
 pub const BEST: &str = "best.safetensors";
@@ -108,11 +110,58 @@ fn state_of(ckpt: &Checkpoint) -> Result<TrainState> {
     })
 }
 
-fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+/// A batch's noisy images, clean images and noise levels `(N,)` on `device`.
+fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
     let shape = b.shape();
     let noisy = Tensor::from_slice(&b.noisy, shape, &Device::Cpu)?.to_device(device)?;
     let clean = Tensor::from_slice(&b.clean, shape, &Device::Cpu)?.to_device(device)?;
-    Ok((noisy, clean))
+    let sigma = Tensor::from_slice(&b.sigmas, b.n, &Device::Cpu)?.to_device(device)?;
+    Ok((noisy, clean, sigma))
+}
+
+/// The training loss of a batch.
+pub struct Objective {
+    pub kind: LossKind,
+    pub mix: MixLoss,
+    pub sigma_data: f64,
+}
+
+impl Objective {
+    pub fn new(config: &TrainConfig, model: &Model) -> Self {
+        let sigma_data = match model.config() {
+            denoise_model::ModelConfig::CondUnet(c) => c.sigma_data,
+            _ => 0.5,
+        };
+        Self {
+            kind: config.loss_kind(),
+            mix: MixLoss::new(config.ssim_weight),
+            sigma_data,
+        }
+    }
+
+    /// The loss of denoised `out` against `clean` for images of noise levels `sigmas`.
+    pub fn loss(&self, out: &Tensor, clean: &Tensor, sigmas: &[f32]) -> Result<Tensor> {
+        Ok(match self.kind {
+            LossKind::L1Ssim => self.mix.forward(out, clean)?,
+            LossKind::Edm => {
+                let w: Vec<f32> = sigmas
+                    .iter()
+                    .map(|&s| edm_weight(s as f64, self.sigma_data) as f32)
+                    .collect();
+                let w = Tensor::from_vec(w, sigmas.len(), out.device())?;
+                weighted_mse(out, clean, &w)?
+            }
+        })
+    }
+
+    /// The validation loss: the training loss for L1 + SSIM; the plain MSE for EDM's loss,
+    /// whose weights would let the few nearly clean validation images dominate.
+    pub fn validation_loss(&self, out: &Tensor, clean: &Tensor) -> Result<Tensor> {
+        Ok(match self.kind {
+            LossKind::L1Ssim => self.mix.forward(out, clean)?,
+            LossKind::Edm => mse(out, clean)?,
+        })
+    }
 }
 
 /// Validation loss and PSNR over the fixed validation batches.
@@ -120,14 +169,17 @@ fn validate(
     model: &Model,
     set: &ImageSet,
     cfg: &BatchConfig,
-    loss: &MixLoss,
+    objective: &Objective,
     device: &Device,
 ) -> Result<(f64, f64)> {
     let (mut total, mut total_psnr, mut n) = (0f64, 0f64, 0usize);
     for b in validation_batches(set, cfg) {
-        let (noisy, clean) = to_tensors(&b, device)?;
-        let out = model.forward(&noisy, None)?;
-        total += loss.forward(&out, &clean)?.to_scalar::<f32>()? as f64 * b.n as f64;
+        let (noisy, clean, sigma) = to_tensors(&b, device)?;
+        let out = model.forward(&noisy, Some(&sigma), None)?;
+        total += objective
+            .validation_loss(&out, &clean)?
+            .to_scalar::<f32>()? as f64
+            * b.n as f64;
         let db = psnr(&out.clamp(0f32, 1f32)?, &clean, 1.0)?.to_vec1::<f32>()?;
         total_psnr += db.iter().map(|&v| v.min(100.0) as f64).sum::<f64>();
         n += b.n;
@@ -138,11 +190,17 @@ fn validate(
 fn save_checkpoint(
     path: &Path,
     model: &Model,
+    ema: Option<&Ema>,
     adam: Option<&Adam>,
     state: &TrainState,
 ) -> Result<()> {
     let mut ckpt = Checkpoint::new(path);
     ckpt.set_model(model)?;
+    if let Some(ema) = ema {
+        for (name, t) in ema.model.tensors() {
+            ckpt.insert(&format!("ema.{name}"), &t)?;
+        }
+    }
     ckpt.metadata.insert(
         "denoise.train".into(),
         serde_json::to_string(state).expect("state serialises"),
@@ -190,10 +248,11 @@ pub fn train(
     let best_path = out_dir.join(BEST);
 
     // Fresh start or resume.
-    let (model, mut adam, mut state) = if opts.resume && last_path.exists() {
+    let (model, ema, mut adam, mut state) = if opts.resume && last_path.exists() {
         let ckpt = Checkpoint::load(&last_path)?;
         let mut state = state_of(&ckpt)?;
-        let model = Model::from_checkpoint(&ckpt, device)?;
+        let model = Model::new(&ckpt.model_config()?, device, 0)?;
+        model.load_weights_from(&ckpt, "model")?;
         if model.config().arch() != config.arch {
             return Err(TrainError::Resume {
                 path: ckpt.path.clone(),
@@ -229,7 +288,11 @@ pub fn train(
             state.global_step,
             state.elapsed_secs
         );
-        (model, adam, state)
+        let ema = match config.ema_half_life() {
+            Some(h) => Some(Ema::resume(&model, &ckpt, h, config.ema_rampup)?),
+            None => None,
+        };
+        (model, ema, adam, state)
     } else {
         if opts.resume {
             tracing::warn!(
@@ -247,6 +310,10 @@ pub fn train(
         }
         let model = Model::new(&model_config, device, config.seed)?;
         let adam = Adam::new(model.vars(), adam_config)?;
+        let ema = match config.ema_half_life() {
+            Some(h) => Some(Ema::new(&model, h, config.ema_rampup)?),
+            None => None,
+        };
         let state = TrainState {
             config: config.clone(),
             epoch: 0,
@@ -259,7 +326,7 @@ pub fn train(
             finished: false,
             history: Vec::new(),
         };
-        (model, adam, state)
+        (model, ema, adam, state)
     };
     tracing::info!(
         "{}: {} parameters on {:?}",
@@ -285,14 +352,20 @@ pub fn train(
         batch_size: config.batch,
         sigma_min: (config.sigma_min / 255.0) as f32,
         sigma_max: (config.sigma_max / 255.0) as f32,
+        lognormal_fraction: config.lognormal_share() as f32,
+        p_mean: config.p_mean as f32,
+        p_std: config.p_std as f32,
         flip: config.flip,
         seed: config.seed,
     };
+    // Validation noise is always uniform in [sigma_min, sigma_max], so that its PSNR reads
+    // the same whatever the training distribution.
     let val_cfg = BatchConfig {
         batch_size: config.batch.max(64),
+        lognormal_fraction: 0.0,
         ..batch_cfg.clone()
     };
-    let loss_fn = MixLoss::new(config.ssim_weight);
+    let objective = Objective::new(config, &model);
     let sched = StepLr {
         base_lr: config.lr,
         step_size: config.lr_step,
@@ -329,7 +402,7 @@ pub fn train(
     let validation = Validation {
         set: &val_set,
         cfg: &val_cfg,
-        loss: &loss_fn,
+        objective: &objective,
         device,
         out_dir,
         bar: &bar,
@@ -366,14 +439,14 @@ pub fn train(
         adam.set_lr(lr);
         let b = batcher.next_batch();
         debug_assert_eq!((b.epoch, b.index), (state.epoch, state.index));
-        let (noisy, clean) = to_tensors(&b, device)?;
+        let (noisy, clean, sigma) = to_tensors(&b, device)?;
         let mut drop_rng = denoise_model::rng(denoise_data::noise::mix(&[
             config.seed,
             0x44524f50,
             state.global_step,
         ]));
-        let out = model.forward(&noisy, Some(&mut drop_rng))?;
-        let loss = loss_fn.forward(&out, &clean)?;
+        let out = model.forward(&noisy, Some(&sigma), Some(&mut drop_rng))?;
+        let loss = objective.loss(&out, &clean, &b.sigmas)?;
         let grads = loss.backward()?;
         adam.step(&grads)?;
         let l = loss.to_scalar::<f32>()? as f64;
@@ -385,6 +458,9 @@ pub fn train(
         }
         state.global_step += 1;
         state.images_seen += b.n as u64;
+        if let Some(ema) = &ema {
+            ema.update(&model, state.images_seen, b.n)?;
+        }
         state.index += 1;
         loss_sum += l;
         loss_n += 1;
@@ -427,7 +503,15 @@ pub fn train(
             state.index = 0;
         }
         if epoch_done || periodic {
-            let stop = validation.run(&model, &adam, &mut state, &mut loss_sum, &mut loss_n, lr)?;
+            let stop = validation.run(
+                &model,
+                ema.as_ref(),
+                &adam,
+                &mut state,
+                &mut loss_sum,
+                &mut loss_n,
+                lr,
+            )?;
             if stop {
                 stopped_by = format!(
                     "early stopping ({} validations without improvement)",
@@ -439,7 +523,7 @@ pub fn train(
                 state.finished = true;
             }
             if state.finished {
-                save_checkpoint(&last_path, &model, Some(&adam), &state)?;
+                save_checkpoint(&last_path, &model, ema.as_ref(), Some(&adam), &state)?;
                 break;
             }
         }
@@ -448,9 +532,17 @@ pub fn train(
     // A run cut short validates what it has not validated yet, so that best.safetensors exists.
     if loss_n > 0 || !best_path.exists() {
         let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
-        validation.run(&model, &adam, &mut state, &mut loss_sum, &mut loss_n, lr)?;
+        validation.run(
+            &model,
+            ema.as_ref(),
+            &adam,
+            &mut state,
+            &mut loss_sum,
+            &mut loss_n,
+            lr,
+        )?;
     } else {
-        save_checkpoint(&last_path, &model, Some(&adam), &state)?;
+        save_checkpoint(&last_path, &model, ema.as_ref(), Some(&adam), &state)?;
     }
     bar.finish_and_clear();
     if let Err(e) = crate::plot::plot_losses(out_dir) {
@@ -472,18 +564,20 @@ pub fn train(
 struct Validation<'a> {
     set: &'a ImageSet,
     cfg: &'a BatchConfig,
-    loss: &'a MixLoss,
+    objective: &'a Objective,
     device: &'a Device,
     out_dir: &'a Path,
     bar: &'a indicatif::ProgressBar,
 }
 
 impl Validation<'_> {
-    /// Validates, records, saves `best` when it improved and always `last`; returns whether
-    /// early stopping fires. Resets the running training loss.
+    /// Validates (the average weights where kept), records, saves `best` when it improved and
+    /// always `last`; returns whether early stopping fires. Resets the running training loss.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         model: &Model,
+        ema: Option<&Ema>,
         adam: &Adam,
         state: &mut TrainState,
         loss_sum: &mut f64,
@@ -493,13 +587,14 @@ impl Validation<'_> {
         let Validation {
             set: val_set,
             cfg: val_cfg,
-            loss: loss_fn,
+            objective,
             device,
             out_dir,
             bar,
         } = *self;
         bar.set_message("validating");
-        let (val_loss, val_psnr) = validate(model, val_set, val_cfg, loss_fn, device)?;
+        let judged = ema.map_or(model, |e| &e.model);
+        let (val_loss, val_psnr) = validate(judged, val_set, val_cfg, objective, device)?;
         let best = state.early.observe(val_loss);
         let train_loss = if *loss_n > 0 {
             *loss_sum / *loss_n as f64
@@ -537,9 +632,9 @@ impl Validation<'_> {
         *loss_n = 0;
         if best {
             state.best_step = Some(state.global_step);
-            save_checkpoint(&out_dir.join(BEST), model, None, state)?;
+            save_checkpoint(&out_dir.join(BEST), model, ema, None, state)?;
         }
-        save_checkpoint(&out_dir.join(LAST), model, Some(adam), state)?;
+        save_checkpoint(&out_dir.join(LAST), model, ema, Some(adam), state)?;
         Ok(state.early.should_stop())
     }
 }

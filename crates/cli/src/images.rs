@@ -1,0 +1,174 @@
+//! Image files in and out for `denoise generate`: 8- or 16-bit, gray, gray + alpha, RGB or
+//! RGBA, PNG or JPEG. The network sees RGB on `[0, 1]`; gray images are repeated into the three
+//! channels and averaged back; alpha is kept untouched; the output has the input's size,
+//! channels and bit depth.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, ImageBuffer, ImageFormat};
+
+/// A decoded image: RGB planes for the network plus what is needed to write it back alike.
+pub struct Picture {
+    /// `(3, h, w)` on `[0, 1]`.
+    pub rgb: Vec<f32>,
+    pub h: usize,
+    pub w: usize,
+    pub gray: bool,
+    pub sixteen: bool,
+    /// The alpha channel at the file's own depth (0..255 or 0..65535), if any.
+    pub alpha: Option<Vec<u16>>,
+}
+
+/// The channel layout in words, for messages.
+impl Picture {
+    pub fn describe(&self) -> String {
+        format!(
+            "{}x{} {}-bit {}",
+            self.w,
+            self.h,
+            if self.sixteen { 16 } else { 8 },
+            match (self.gray, self.alpha.is_some()) {
+                (true, false) => "gray",
+                (true, true) => "gray+alpha",
+                (false, false) => "RGB",
+                (false, true) => "RGBA",
+            }
+        )
+    }
+}
+
+/// Reads a PNG or JPEG file.
+pub fn read(path: &Path) -> Result<Picture> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode {} as a PNG or JPEG image", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        bail!("{}: the image is empty ({w}x{h})", path.display());
+    }
+    let color = img.color();
+    let gray = !color.has_color();
+    let has_alpha = color.has_alpha();
+    let sixteen = color.bytes_per_pixel() / color.channel_count() >= 2;
+    let n = w * h;
+    let mut rgb = vec![0f32; 3 * n];
+    let mut alpha = has_alpha.then(|| vec![0u16; n]);
+    // Every pixel as 16-bit RGBA: exact for 8-bit files too (v * 257), so v / 65535 = v8 / 255.
+    let rgba = img.to_rgba16();
+    for (i, p) in rgba.pixels().enumerate() {
+        for c in 0..3 {
+            rgb[c * n + i] = p.0[c] as f32 / 65535.0;
+        }
+        if let Some(a) = alpha.as_mut() {
+            a[i] = if sixteen { p.0[3] } else { p.0[3] / 257 };
+        }
+    }
+    Ok(Picture {
+        rgb,
+        h,
+        w,
+        gray,
+        sixteen,
+        alpha,
+    })
+}
+
+/// The format an output path asks for.
+pub fn format_of(path: &Path) -> Result<ImageFormat> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("png") => Ok(ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg),
+        _ => bail!(
+            "--out {}: expected a .png or .jpg file name",
+            path.display()
+        ),
+    }
+}
+
+/// Whether an image like `like` can be written in `format` without losing bits or alpha.
+pub fn check_writable(like: &Picture, format: ImageFormat) -> Result<()> {
+    if format == ImageFormat::Jpeg && (like.sixteen || like.alpha.is_some()) {
+        bail!(
+            "JPEG holds only 8-bit images without alpha, the input is {}: write a .png",
+            like.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Encodes `rgb` (`(3, h, w)` on `[0, 1]`) with the layout of `like` into `format`.
+pub fn encode(rgb: &[f32], like: &Picture, format: ImageFormat) -> Result<Vec<u8>> {
+    let (w, h, n) = (like.w as u32, like.h as u32, like.w * like.h);
+    let max = if like.sixteen { 65535.0 } else { 255.0 };
+    let q = |v: f32| (v.clamp(0.0, 1.0) * max).round() as u16;
+    let value = |i: usize| -> [u16; 3] {
+        if like.gray {
+            let m = (rgb[i] + rgb[n + i] + rgb[2 * n + i]) / 3.0;
+            [q(m); 3]
+        } else {
+            [q(rgb[i]), q(rgb[n + i]), q(rgb[2 * n + i])]
+        }
+    };
+    check_writable(like, format)?;
+    let a = |i: usize| like.alpha.as_ref().map_or(0, |a| a[i]);
+    let img: DynamicImage = match (like.sixteen, like.gray, like.alpha.is_some()) {
+        (false, true, false) => DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Luma([value(y as usize * like.w + x as usize)[0] as u8])
+        })),
+        (false, true, true) => DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
+            let i = y as usize * like.w + x as usize;
+            image::LumaA([value(i)[0] as u8, a(i) as u8])
+        })),
+        (false, false, false) => DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb(value(y as usize * like.w + x as usize).map(|v| v as u8))
+        })),
+        (false, false, true) => DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| {
+            let i = y as usize * like.w + x as usize;
+            let v = value(i);
+            image::Rgba([v[0] as u8, v[1] as u8, v[2] as u8, a(i) as u8])
+        })),
+        (true, true, false) => DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Luma([value(y as usize * like.w + x as usize)[0]])
+        })),
+        (true, true, true) => DynamicImage::ImageLumaA16(ImageBuffer::from_fn(w, h, |x, y| {
+            let i = y as usize * like.w + x as usize;
+            image::LumaA([value(i)[0], a(i)])
+        })),
+        (true, false, false) => DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb(value(y as usize * like.w + x as usize))
+        })),
+        (true, false, true) => DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
+            let i = y as usize * like.w + x as usize;
+            let v = value(i);
+            image::Rgba([v[0], v[1], v[2], a(i)])
+        })),
+    };
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+    Ok(bytes)
+}
+
+/// The PNG and JPEG files directly inside `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                })
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
