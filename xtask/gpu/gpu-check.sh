@@ -73,9 +73,15 @@ run torch-bench-tf32 45 python3 seed_unet_bench.py --device cuda --steps 10 --re
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
 run train-seed-unet 120 ./denoise train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
 run eval-seed-unet 45 ./denoise eval --model "$WORK/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
+run bench-cond-unet 60 ./denoise bench --arch cond-unet --device cuda --steps 10 --repeats 3 --json "$OUT/bench-cond-unet.json"
+run train-cond-unet 120 ./denoise train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
+run eval-cond-unet 60 ./denoise eval --model "$WORK/cond-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --estimate-sigma --device cuda --json "$OUT/eval-cond-unet.json"
+run sample-cond-unet 45 ./denoise generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device cuda
 
-mkdir -p "$OUT/seed-unet"
-cp "$WORK"/seed-unet/{metrics.jsonl,steps.csv,loss.png} "$OUT/seed-unet/" 2>/dev/null
+for arch in seed-unet cond-unet; do
+    mkdir -p "$OUT/$arch"
+    cp "$WORK"/$arch/{metrics.jsonl,steps.csv,loss.png} "$OUT/$arch/" 2>/dev/null
+done
 
 log "summary"
 cp build-info.txt "$OUT/" 2>/dev/null
@@ -118,6 +124,9 @@ summary = {
               "infer_ratio_vs_pytorch": ratio(ours, torch_, "infer_img_per_s")},
     "train_seed_unet": [json.loads(l) for l in (text("seed-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_seed_unet": load("eval-seed-unet.json"),
+    "bench_cond_unet": load("bench-cond-unet.json"),
+    "train_cond_unet": [json.loads(l) for l in (text("cond-unet/metrics.jsonl") or "").splitlines() if l.strip()],
+    "eval_cond_unet": load("eval-cond-unet.json"),
 }
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(summary, f, indent=1)
@@ -125,5 +134,5 @@ print(json.dumps({k: summary[k] for k in ["gpu", "status", "missing_libraries"]}
 print("train ratio", summary["bench"]["train_ratio_vs_pytorch"], "infer ratio", summary["bench"]["infer_ratio_vs_pytorch"])
 PY
 # Few files travel back best: gpu-check.json, and everything else in one archive.
-(cd "$OUT" && tar czf results.tar.gz --exclude gpu-check.json --exclude results.tar.gz . && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz -delete)
+(cd "$OUT" && tar czf results.tar.gz --exclude gpu-check.json --exclude results.tar.gz --exclude samples.png . && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz ! -name samples.png -delete)
 log "done: $OUT/gpu-check.json (logs in $OUT/results.tar.gz)"

@@ -42,7 +42,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         }
     }
     if o.arches.is_empty() {
-        o.arches.push("seed-unet".into());
+        o.arches = vec!["seed-unet".into(), "cond-unet".into()];
     }
     if o.repeats == 0 || o.steps == 0 {
         bail!("--repeats and --steps must be at least 1");

@@ -38,6 +38,9 @@ enum Command {
     /// Denoise an image or a folder of images (--image), or generate new images from noise
     /// with the diffusion sampler (--random).
     Generate(GenerateArgs),
+    /// Write a model-only checkpoint for shipping: the averaged weights, optionally as f16,
+    /// with the training recipe and an eval table in its metadata.
+    Export(ExportArgs),
     /// Training and inference throughput on synthetic batches (images/s).
     Bench(BenchArgs),
     /// Compare a device's forward, loss and gradients with the CPU's on a small network.
@@ -69,6 +72,22 @@ struct BenchArgs {
     /// Write the result as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A training checkpoint (best.safetensors or last.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store the weights as f16 (half the size).
+    #[arg(long)]
+    f16: bool,
+    /// An `eval --json` file to store in the metadata (`denoise.eval`).
+    #[arg(long)]
+    eval_json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -738,6 +757,52 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let ckpt = denoise_model::Checkpoint::load(&a.model)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let model = Model::from_checkpoint(&ckpt, &Device::Cpu)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let mut out = denoise_model::Checkpoint::new(&a.out);
+    out.set_model(&model)?;
+    if let Some(train) = ckpt.metadata.get("denoise.train") {
+        out.metadata.insert("denoise.train".into(), train.clone());
+    }
+    if let Some(path) = &a.eval_json {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--eval-json {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--eval-json {}: not JSON", path.display()))?;
+        out.metadata.insert("denoise.eval".into(), v.to_string());
+    }
+    if a.f16 {
+        out.to_f16()?;
+    }
+    out.metadata.insert(
+        "denoise.weights".into(),
+        format!(
+            "{} ({}), {}",
+            if ckpt.has_tensor(&format!("ema.{}", model.vars()[0].0)) {
+                "moving average of the trained weights"
+            } else {
+                "trained weights"
+            },
+            if a.f16 { "f16" } else { "f32" },
+            a.model.display()
+        ),
+    );
+    out.save()
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{} ({} parameters) -> {} ({:.1} MB)",
+        model.config().arch(),
+        model.num_params(),
+        a.out.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     let device = pick_device(a.device)?;
     let tc = TrainConfig {
@@ -801,6 +866,7 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    denoise_trainer::bench::tune_allocator();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG")
         .unwrap_or_else(|_| "info".into());
@@ -813,6 +879,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd_train(*a),
         Command::Eval(a) => cmd_eval(a),
         Command::Generate(a) => cmd_generate(a),
+        Command::Export(a) => cmd_export(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Selftest(a) => cmd_selftest(a),
     };

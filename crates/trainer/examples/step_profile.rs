@@ -9,6 +9,9 @@ use denoise_model::{Model, ModelConfig};
 use denoise_trainer::{Adam, AdamConfig};
 
 fn main() -> anyhow_free::Result {
+    if std::env::var_os("DENOISE_NO_TUNE").is_none() {
+        denoise_trainer::bench::tune_allocator();
+    }
     let dev = Device::Cpu;
     let arch = std::env::args()
         .nth(1)
