@@ -763,6 +763,100 @@ fn generate_denoises_any_image_and_samples_new_ones() {
     assert!(!tmp.path().join("s.png").exists());
 }
 
+/// The model in `models/` is small, says how it was made, and serves `generate` with no
+/// `--model`: it denoises a noisy picture well and samples new images.
+#[test]
+fn shipped_model_works_without_training() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cond-unet-cifar10.safetensors");
+    let size = std::fs::metadata(&path)
+        .expect("models/cond-unet-cifar10.safetensors")
+        .len();
+    assert!(size <= 10_000_000, "{size} bytes");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    let model: serde_json::Value = serde_json::from_str(&meta["denoise.model"]).unwrap();
+    assert_eq!(model["arch"], "cond-unet");
+    let train: serde_json::Value = serde_json::from_str(&meta["denoise.train"]).unwrap();
+    assert!(train["images_seen"].as_u64().unwrap() > 0);
+    assert!(train["elapsed_secs"].as_f64().unwrap() > 0.0);
+    let eval: serde_json::Value = serde_json::from_str(&meta["denoise.eval"]).unwrap();
+    assert!(!eval["results"].as_array().unwrap().is_empty());
+
+    let tmp = tempfile::tempdir().unwrap();
+    // A smooth 64x48 picture with sigma-25 noise: the model, told nothing, must clean it.
+    let (w, h) = (64u32, 48u32);
+    let clean = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([0, 1, 2].map(|c| smooth(5, c, y as usize, x as usize)))
+    });
+    let mut rng = 99u64;
+    let noisy = image::RgbImage::from_fn(w, h, |x, y| {
+        let p = clean.get_pixel(x, y).0;
+        image::Rgb(p.map(|v| {
+            let mut s = 0.0;
+            for _ in 0..12 {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s += (rng >> 11) as f64 / (1u64 << 53) as f64;
+            }
+            (v as f64 + 25.0 * (s - 6.0)).clamp(0.0, 255.0).round() as u8
+        }))
+    });
+    let np = tmp.path().join("noisy.png");
+    noisy.save(&np).unwrap();
+    let out = tmp.path().join("clean.png");
+    let text = ok(&[
+        "generate",
+        "--image",
+        np.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(text.contains("estimated"), "{text}");
+    let den = image::open(&out).unwrap().to_rgb8();
+    let db = |a: &image::RgbImage| {
+        let mse = a
+            .as_raw()
+            .iter()
+            .zip(clean.as_raw())
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum::<f64>()
+            / a.as_raw().len() as f64;
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    };
+    eprintln!(
+        "shipped model: noisy {:.2} dB, denoised {:.2} dB",
+        db(&noisy),
+        db(&den)
+    );
+    assert!(
+        db(&den) > db(&noisy) + 6.0,
+        "noisy {:.2} dB, denoised {:.2} dB",
+        db(&noisy),
+        db(&den)
+    );
+
+    let grid = tmp.path().join("new.png");
+    let text = ok(&[
+        "generate",
+        "--random",
+        "--count",
+        "2",
+        "--steps",
+        "4",
+        "--out",
+        grid.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(text.contains("2 images"), "{text}");
+    assert!(tmp.path().join("new/001.png").exists());
+}
+
 /// With no --data and no network, training stops with a message that says where to put the
 /// files, and leaves no partial download behind.
 #[test]

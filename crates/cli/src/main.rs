@@ -866,8 +866,11 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    denoise_trainer::bench::tune_allocator();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_) | Command::Bench(_)) {
+        // Faster steps; not for generate, whose memory bound is measured with glibc's defaults.
+        denoise_trainer::bench::tune_allocator();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("DENOISE_LOG")
         .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
