@@ -252,7 +252,11 @@ impl Model {
             .to_device(noisy.device())?
             .to_dtype(noisy.dtype())?;
         let y = self.forward(&x, Some(&s), None)?;
-        Ok(y.narrow(2, 0, h)?.narrow(3, 0, w)?.clamp(0f32, 1f32)?)
+        // Detached: inference results do not keep the forward pass's graph alive.
+        Ok(y.narrow(2, 0, h)?
+            .narrow(3, 0, w)?
+            .clamp(0f32, 1f32)?
+            .detach())
     }
 
     /// The weights as named tensors, for a checkpoint.

@@ -140,6 +140,9 @@ pub fn sample(
         } else {
             euler
         };
+        // The network's weights are variables, so every output carries its autograd graph;
+        // cut it each step, or all the evaluations' activations stay alive.
+        x = x.detach();
         progress(i + 1, config.steps);
     }
     Ok(x)
@@ -153,7 +156,7 @@ impl Denoiser for ModelDenoiser<'_> {
         let n = x.dim(0)?;
         let pix = ((x + 1.0)? * 0.5)?;
         let s = Tensor::full((sigma / 2.0) as f32, n, x.device())?.to_dtype(x.dtype())?;
-        let d = self.0.forward(&pix, Some(&s), None)?;
+        let d = self.0.forward(&pix, Some(&s), None)?.detach();
         Ok(((d * 2.0)? - 1.0)?)
     }
 }
