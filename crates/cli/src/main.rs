@@ -388,41 +388,26 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         seed,
         log_every
     );
-    if a.width.is_some() {
-        c.width = a.width;
+    macro_rules! set_opt {
+        ($($f:ident),*) => { $(if a.$f.is_some() { c.$f = a.$f.clone(); })* };
     }
-    if a.mults.is_some() {
-        c.mults = a.mults.clone();
-    }
-    if a.blocks.is_some() {
-        c.blocks = a.blocks;
-    }
+    set_opt!(
+        width,
+        mults,
+        blocks,
+        dropout,
+        loss,
+        lognormal_fraction,
+        ema_halflife,
+        max_steps,
+        val_every,
+        val_limit
+    );
     if a.attention {
         c.attention = Some(true);
     }
-    if a.dropout.is_some() {
-        c.dropout = a.dropout;
-    }
-    if a.loss.is_some() {
-        c.loss = a.loss.clone();
-    }
-    if a.lognormal_fraction.is_some() {
-        c.lognormal_fraction = a.lognormal_fraction;
-    }
-    if a.ema_halflife.is_some() {
-        c.ema_halflife = a.ema_halflife;
-    }
-    if a.max_steps.is_some() {
-        c.max_steps = a.max_steps;
-    }
     if a.time_budget.is_some() {
         c.time_budget_secs = a.time_budget;
-    }
-    if a.val_every.is_some() {
-        c.val_every = a.val_every;
-    }
-    if a.val_limit.is_some() {
-        c.val_limit = a.val_limit;
     }
     if a.no_flip {
         c.flip = false;

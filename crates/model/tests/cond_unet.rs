@@ -9,33 +9,8 @@ use denoise_model::sampler::{sample, Denoiser, Method, SamplerConfig};
 use denoise_model::tiles::{denoise_image, TileConfig};
 use denoise_model::{CondUnet, CondUnetConfig, Model, ModelConfig};
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = denoise_model::rng(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn vec64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (vec64(a), vec64(b));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
+mod common;
+use common::{check_gradients, max_rel, rand, vec64};
 
 #[test]
 fn fused_group_norm_matches_candle_ops() {
@@ -124,29 +99,7 @@ fn cond_unet_gradients_match_finite_differences() {
             .sum_all()
             .unwrap()
     };
-    let grads = loss_t(&net).backward().unwrap();
-    let eps = 1e-5;
-    for (name, var) in net.vars() {
-        let g = vec64(grads.get(var.as_tensor()).unwrap());
-        let base = vec64(var.as_tensor());
-        for idx in [0, base.len() / 2, base.len() - 1] {
-            let set = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                loss_t(&net).to_scalar::<f64>().unwrap()
-            };
-            let fd = (set(eps) - set(-eps)) / (2.0 * eps);
-            set(0.0);
-            let err = (fd - g[idx]).abs() / (1e-4 + fd.abs().max(g[idx].abs()));
-            assert!(
-                err < 1e-3,
-                "{name}[{idx}]: backprop {} vs finite differences {fd}",
-                g[idx]
-            );
-        }
-    }
+    check_gradients(net.vars(), &|| loss_t(&net), 1e-4);
 }
 
 /// With the last layer at zero (as initialised), `D(x; s)` is `c_skip x` on the [-1, 1] scale.

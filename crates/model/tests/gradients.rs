@@ -7,37 +7,8 @@ use denoise_model::layers::{max_pool2x2, reference_conv, Conv2d, ConvTranspose2x
 use denoise_model::params::ParamStore;
 use denoise_model::{SeedUnet, SeedUnetConfig};
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = denoise_model::rng(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| rand::Rng::random::<f64>(&mut rng) * 2.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
+mod common;
+use common::{check_gradients, max_rel, rand};
 
 /// Fused conv (forward, input, weight and bias gradients) against candle's conv2d + bias + ReLU.
 #[test]
@@ -186,54 +157,15 @@ fn seed_unet_gradients_match_finite_differences() {
         .affine(1.0, 0.5)
         .unwrap();
     let target = (rand(&[2, 3, 16, 16], 13) * 0.5).unwrap();
-    let loss = |net: &SeedUnet| {
-        let y = net.forward(&x, None).unwrap();
-        ((y - &target).unwrap().sqr().unwrap().sum_all().unwrap())
-            .to_scalar::<f64>()
+    let loss = || {
+        (net.forward(&x, None).unwrap() - &target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
             .unwrap()
     };
-    let y = net.forward(&x, None).unwrap();
-    let grads = (y - &target)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let eps = 1e-5;
-    for (name, var) in net.vars() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        for idx in [0, base.len() / 3, base.len() - 1] {
-            let set = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                loss(&net)
-            };
-            let fd = (set(eps) - set(-eps)) / (2.0 * eps);
-            set(0.0);
-            let err = (fd - g[idx]).abs() / (1e-3 + fd.abs().max(g[idx].abs()));
-            assert!(
-                err < 1e-3,
-                "{name}[{idx}]: backprop {} vs finite differences {fd}",
-                g[idx]
-            );
-        }
-    }
+    check_gradients(net.vars(), &loss, 1e-3);
 }
 
 /// On ties the first maximum in scan order gets the gradient (PyTorch's rule), once.

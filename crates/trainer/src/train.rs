@@ -415,7 +415,7 @@ pub fn train(
     );
     let run_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
-    let (mut loss_sum, mut loss_n) = (0f64, 0u64);
+    let mut running = Running::default();
     let mut window = (Instant::now(), 0u64); // images/s over the last log period
     let mut stopped_by = String::new();
 
@@ -462,8 +462,8 @@ pub fn train(
             ema.update(&model, state.images_seen, b.n)?;
         }
         state.index += 1;
-        loss_sum += l;
-        loss_n += 1;
+        running.sum += l;
+        running.n += 1;
         window.1 += b.n as u64;
         state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
 
@@ -503,15 +503,8 @@ pub fn train(
             state.index = 0;
         }
         if epoch_done || periodic {
-            let stop = validation.run(
-                &model,
-                ema.as_ref(),
-                &adam,
-                &mut state,
-                &mut loss_sum,
-                &mut loss_n,
-                lr,
-            )?;
+            let stop =
+                validation.run(&learner(&model, &ema, &adam), &mut state, &mut running, lr)?;
             if stop {
                 stopped_by = format!(
                     "early stopping ({} validations without improvement)",
@@ -530,17 +523,9 @@ pub fn train(
     }
     drop(batcher);
     // A run cut short validates what it has not validated yet, so that best.safetensors exists.
-    if loss_n > 0 || !best_path.exists() {
+    if running.n > 0 || !best_path.exists() {
         let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
-        validation.run(
-            &model,
-            ema.as_ref(),
-            &adam,
-            &mut state,
-            &mut loss_sum,
-            &mut loss_n,
-            lr,
-        )?;
+        validation.run(&learner(&model, &ema, &adam), &mut state, &mut running, lr)?;
     } else {
         save_checkpoint(&last_path, &model, ema.as_ref(), Some(&adam), &state)?;
     }
@@ -560,6 +545,29 @@ pub fn train(
     })
 }
 
+/// The training loss since the last validation.
+#[derive(Default)]
+struct Running {
+    sum: f64,
+    n: u64,
+}
+
+/// What is being trained: the network, its moving average, the optimiser.
+#[derive(Clone, Copy)]
+struct Learner<'a> {
+    model: &'a Model,
+    ema: Option<&'a Ema>,
+    adam: &'a Adam,
+}
+
+fn learner<'a>(model: &'a Model, ema: &'a Option<Ema>, adam: &'a Adam) -> Learner<'a> {
+    Learner {
+        model,
+        ema: ema.as_ref(),
+        adam,
+    }
+}
+
 /// What a validation needs besides the model and the run's state.
 struct Validation<'a> {
     set: &'a ImageSet,
@@ -573,17 +581,14 @@ struct Validation<'a> {
 impl Validation<'_> {
     /// Validates (the average weights where kept), records, saves `best` when it improved and
     /// always `last`; returns whether early stopping fires. Resets the running training loss.
-    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
-        model: &Model,
-        ema: Option<&Ema>,
-        adam: &Adam,
+        learner: &Learner,
         state: &mut TrainState,
-        loss_sum: &mut f64,
-        loss_n: &mut u64,
+        running: &mut Running,
         lr: f64,
     ) -> Result<bool> {
+        let Learner { model, ema, adam } = *learner;
         let Validation {
             set: val_set,
             cfg: val_cfg,
@@ -596,8 +601,8 @@ impl Validation<'_> {
         let judged = ema.map_or(model, |e| &e.model);
         let (val_loss, val_psnr) = validate(judged, val_set, val_cfg, objective, device)?;
         let best = state.early.observe(val_loss);
-        let train_loss = if *loss_n > 0 {
-            *loss_sum / *loss_n as f64
+        let train_loss = if running.n > 0 {
+            running.sum / running.n as f64
         } else {
             f64::NAN
         };
@@ -628,8 +633,7 @@ impl Validation<'_> {
                 "validation"
             )
         });
-        *loss_sum = 0.0;
-        *loss_n = 0;
+        *running = Running::default();
         if best {
             state.best_step = Some(state.global_step);
             save_checkpoint(&out_dir.join(BEST), model, ema, None, state)?;
