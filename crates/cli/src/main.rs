@@ -1,7 +1,8 @@
-//! `denoise`: train image denoisers, evaluate them, denoise images.
+//! `denoise`: train image denoisers, evaluate them, denoise images, generate new ones.
 //!
 //! The command-line edge of the workspace: it parses flags, picks the device, finds or
-//! downloads the data, and maps every failure to a message and a non-zero exit code in one
+//! downloads the data, reads and writes image files in their own layout ([`images`]), finds
+//! the shipped model, and maps every failure to a message and a non-zero exit code in one
 //! place (`main`). All the work is done by the library crates.
 
 use std::path::{Path, PathBuf};

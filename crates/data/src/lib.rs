@@ -3,8 +3,10 @@
 //! `denoise-data` reads the official CIFAR-10 binary release (and downloads it, checked, when it
 //! is absent), reads folders of PNG/JPEG images (such as the JPEG copy of CIFAR-10), splits
 //! off a fixed validation set, and turns clean images into seeded, noisy training batches on a
-//! background thread. Images are kept in memory as `u8` CHW arrays; batches are `f32` in
-//! `[0, 1]`. It knows nothing of models, losses or devices: it hands out plain `Vec<f32>` batches.
+//! background thread (each image with its own noise level, uniform or EDM's log-normal). It
+//! also estimates the noise level of a single noisy image ([`estimate`]). Images are kept in
+//! memory as `u8` CHW arrays; batches are `f32` in `[0, 1]`. It knows nothing of models, losses
+//! or devices: it hands out plain `Vec<f32>` batches.
 
 pub mod batch;
 pub mod cifar;
