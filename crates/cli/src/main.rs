@@ -251,7 +251,8 @@ struct GenerateArgs {
     /// folder of them.
     #[arg(long, conflicts_with = "random", required_unless_present = "random")]
     image: Option<PathBuf>,
-    /// The image's noise standard deviation in 0..255 units (default: estimated and printed).
+    /// The image's noise standard deviation in 0..255 units of the full range, whatever the
+    /// bit depth (default: estimated from the image and printed).
     #[arg(long)]
     sigma: Option<f64>,
     /// Generate new images from pure noise with the diffusion sampler.
