@@ -111,6 +111,7 @@ trait Real:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::MulAssign
 {
     const ZERO: Self;
     const ONE: Self;
@@ -281,7 +282,7 @@ impl FusedGroupNorm {
                     s1 += dbk * ga.into();
                     s2 += dgk * ga.into();
                     for o in outr.iter_mut() {
-                        *o = *o * ga;
+                        *o *= ga;
                     }
                 }
                 let m = (cg * hw) as f64;
