@@ -23,10 +23,8 @@ pub struct EvalResult {
     pub noisy_ssim: f64,
     pub psnr: f64,
     pub ssim: f64,
-    /// Whether the model was given each image's noise level estimated from the noisy image
-    /// (rather than the true one), and the mean estimate (0..255 units).
-    #[serde(default)]
-    pub estimated: bool,
+    /// Set when the model was given each image's noise level estimated from the noisy image
+    /// rather than the true one: the mean estimate (0..255 units).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_estimate: Option<f64>,
 }
@@ -117,7 +115,6 @@ pub fn evaluate(
             noisy_ssim: mean(&ns),
             psnr: mean(&dp),
             ssim: mean(&ds),
-            estimated: estimate,
             mean_estimate: estimate
                 .then(|| estimates.iter().sum::<f64>() / estimates.len().max(1) as f64),
         });
@@ -131,8 +128,8 @@ pub fn table(results: &[EvalResult]) -> String {
     let mut s = String::from("| sigma | model given | images | noisy PSNR | noisy SSIM | denoised PSNR | denoised SSIM |\n|---:|:---|---:|---:|---:|---:|---:|\n");
     for r in results {
         let given = match r.mean_estimate {
-            Some(m) if r.estimated => format!("estimate (mean {m:.2})"),
-            _ => "true sigma".to_string(),
+            Some(m) => format!("estimate (mean {m:.2})"),
+            None => "true sigma".to_string(),
         };
         s += &format!(
             "| {} | {given} | {} | {:.2} | {:.4} | {:.2} | {:.4} |\n",
