@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use crate::winograd;
+
 /// The float types the kernels run on.
 pub trait Float:
     Copy
@@ -17,18 +19,23 @@ pub trait Float:
     + Default
     + std::ops::Add<Output = Self>
     + std::ops::AddAssign
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
     + 'static
 {
     const ZERO: Self;
     const ONE: Self;
+    const HALF: Self;
 }
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 
 /// Shape of a convolution: `n` images of `c_in x h x w`, `c_out` kernels of `k x k`, padding `k / 2`.
@@ -56,13 +63,13 @@ impl ConvShape {
     }
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
 /// `c (m x n) = [c +] a (m x k) * b (k x n)` with explicit row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float>(
+pub(crate) fn gemm<T: Float>(
     m: usize,
     n: usize,
     k: usize,
@@ -191,7 +198,16 @@ fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T]) {
 }
 
 /// `relu?(conv(x, w) + b)`: `x` is `(n, c_in, h, w)`, `w` is `(c_out, c_in, k, k)`, `b` is `(c_out)`.
+/// 3x3 kernels with enough channels go through [`crate::winograd`] instead.
 pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -> Vec<T> {
+    if winograd::applies(s) {
+        return winograd::forward(s, x, w, b, relu);
+    }
+    forward_im2col(s, x, w, b, relu)
+}
+
+/// [`forward`] by im2col + gemm, for every kernel size.
+pub fn forward_im2col<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -> Vec<T> {
     let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
     let g = s.group();
     let mut out = vec![T::ZERO; s.n * co * p];
@@ -244,7 +260,21 @@ pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -
 }
 
 /// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by the ReLU).
+/// 3x3 kernels with enough channels go through [`crate::winograd`] instead.
 pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if winograd::applies(s) {
+        return winograd::backward(s, x, w, dy);
+    }
+    backward_im2col(s, x, w, dy)
+}
+
+/// [`backward`] by im2col + gemm, for every kernel size.
+pub fn backward_im2col<T: Float>(
+    s: &ConvShape,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
     let g = s.group();
     let groups = s.n.div_ceil(g);

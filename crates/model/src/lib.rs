@@ -18,6 +18,7 @@ pub mod params;
 pub mod sampler;
 pub mod seed_unet;
 pub mod tiles;
+pub mod winograd;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};

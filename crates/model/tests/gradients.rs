@@ -21,6 +21,10 @@ fn fused_conv_matches_candle_conv() {
             (2, 1, false, 6, 3, 8),
             (5, 3, true, 3, 4, 32),
             (3, 3, true, 2, 3, 24),
+            // Winograd (3x3, at least 8 channels): even, odd and tiny planes.
+            (2, 3, true, 8, 12, 8),
+            (3, 3, false, 16, 8, 5),
+            (2, 3, true, 9, 8, 1),
         ] {
             let mut store = ParamStore::with_dtype(&Device::Cpu, dtype, 1);
             let conv = Conv2d::new(&mut store, "c", c_in, c_out, kernel, relu).unwrap();
@@ -62,6 +66,71 @@ fn fused_conv_matches_candle_conv() {
             }
         }
     }
+}
+
+/// The Winograd kernels against the im2col ones on raw slices: non-square and odd planes, one
+/// group (gemms in parallel) and many groups (groups in parallel).
+#[test]
+fn winograd_matches_im2col() {
+    use denoise_model::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
+    use denoise_model::winograd;
+    fn check<T>(tol: f64)
+    where
+        T: denoise_model::cpu_conv::Float + Into<f64> + From<f32>,
+    {
+        for (n, c_in, c_out, h, w) in [
+            (1, 8, 8, 4, 4),
+            (2, 12, 10, 7, 5),
+            (3, 16, 24, 6, 9),
+            (40, 8, 8, 3, 3),
+            (6, 32, 16, 20, 18),
+        ] {
+            let s = ConvShape {
+                n,
+                c_in,
+                c_out,
+                h,
+                w,
+                k: 3,
+            };
+            assert!(winograd::applies(&s));
+            let vals = |len: usize, seed: u64| -> Vec<T> {
+                common::vec64(&rand(&[len], seed))
+                    .into_iter()
+                    .map(|v| T::from(v as f32))
+                    .collect()
+            };
+            let x = vals(n * c_in * h * w, 1);
+            let k = vals(c_out * c_in * 9, 2);
+            let b = vals(c_out, 3);
+            let dy = vals(n * c_out * h * w, 4);
+            let rel = |a: &[T], b: &[T]| {
+                let scale = b.iter().fold(0f64, |m, v| m.max((*v).into().abs()));
+                a.iter().zip(b).fold(0f64, |m, (x, y)| {
+                    m.max(((*x).into() - (*y).into()).abs())
+                }) / scale
+            };
+            for relu in [false, true] {
+                let e = rel(
+                    &winograd::forward(&s, &x, &k, &b, relu),
+                    &forward_im2col(&s, &x, &k, &b, relu),
+                );
+                assert!(e < tol, "forward {s:?}: {e}");
+            }
+            let ours = winograd::backward(&s, &x, &k, &dy);
+            let theirs = backward_im2col(&s, &x, &k, &dy);
+            for (name, a, b) in [
+                ("dx", &ours.0, &theirs.0),
+                ("dw", &ours.1, &theirs.1),
+                ("db", &ours.2, &theirs.2),
+            ] {
+                let e = rel(a, b);
+                assert!(e < tol, "{name} {s:?}: {e}");
+            }
+        }
+    }
+    check::<f64>(1e-12);
+    check::<f32>(1e-5);
 }
 
 #[test]
