@@ -57,11 +57,26 @@ fn main() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// The raw kernels on slices, without candle around them.
+type Fwd = fn(&denoise_model::cpu_conv::ConvShape, &[f32], &[f32], &[f32], bool) -> Vec<f32>;
+type Bwd = fn(
+    &denoise_model::cpu_conv::ConvShape,
+    &[f32],
+    &[f32],
+    &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// The raw kernels on slices, without candle around them: Winograd (the default for these
+/// shapes) against im2col. Run with glibc's allocator tuned as `denoise` does:
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647`.
 #[allow(dead_code)]
 pub fn raw() {
-    use denoise_model::cpu_conv::{backward, forward, ConvShape};
+    use denoise_model::cpu_conv::{backward, backward_im2col, forward, forward_im2col, ConvShape};
+    // `--raw 8` runs only the 8x8 layer.
+    let only: Option<usize> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     for (c_in, c_out, hw) in [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)] {
+        if only.is_some_and(|o| o != hw) {
+            continue;
+        }
         let s = ConvShape {
             n: 64,
             c_in,
@@ -80,18 +95,25 @@ pub fn raw() {
         let dy: Vec<f32> = (0..64 * c_out * hw * hw)
             .map(|i| (i % 3) as f32 * 0.1)
             .collect();
-        let t = Instant::now();
-        let y = forward(&s, &x, &w, &b, true);
-        let tf = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let (dx, _, _) = backward(&s, &x, &w, &dy);
-        let tb = t.elapsed().as_secs_f64();
-        println!(
-            "raw {c_in}->{c_out} at {hw}: forward {:.1} ms, backward {:.1} ms ({} {})",
-            tf * 1e3,
-            tb * 1e3,
-            y.len(),
-            dx.len()
-        );
+        for (name, fwd, bwd) in [
+            ("winograd", forward::<f32> as Fwd, backward::<f32> as Bwd),
+            ("im2col", forward_im2col::<f32>, backward_im2col::<f32>),
+        ] {
+            // Best of three, after one warm-up.
+            let (mut tf, mut tb) = (f64::MAX, f64::MAX);
+            for _ in 0..4 {
+                let t = Instant::now();
+                std::hint::black_box(fwd(&s, &x, &w, &b, true));
+                tf = tf.min(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                std::hint::black_box(bwd(&s, &x, &w, &dy));
+                tb = tb.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "raw {c_in:>3}->{c_out:<3} at {hw:>2}x{hw:<2} {name:9} forward {:6.1} ms, backward {:6.1} ms",
+                tf * 1e3,
+                tb * 1e3,
+            );
+        }
     }
 }

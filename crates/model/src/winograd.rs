@@ -24,13 +24,13 @@ use crate::cpu_conv::{gemm, threads, ConvShape, Float};
 /// Tiles per group; each group's transformed input is `16 x c_in x tiles` values.
 const TILES_PER_GROUP: usize = 512;
 
-/// Whether a convolution of this shape goes through Winograd: 3x3 kernels with enough input
-/// channels for the gemms to pay (the 3-channel first layer stays on im2col).
+/// Whether a convolution of this shape goes through Winograd: 3x3 kernels with enough channels
+/// for the gemms to pay (the 3-channel first layer stays on im2col) and planes of at least 8x8
+/// (on 4x4 planes the transforms cost more than the multiplications they save: measured with
+/// `conv_profile --raw`, 512->512 at 4x4 took 71 ms forward against im2col's 54).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3 && s.c_in >= 8 && s.c_out >= 8
+    s.k == 3 && s.c_in >= 8 && s.c_out >= 8 && s.h >= 8 && s.w >= 8
 }
-
-type Tile<T> = [[T; 4]; 4];
 
 /// Tiles along each axis: outputs are covered by 2x2 blocks, the last one cut at an odd edge.
 fn tiles(s: &ConvShape) -> (usize, usize) {
@@ -89,10 +89,87 @@ fn a<T: Float>(y: [T; 2]) -> [T; 4] {
     [y[0], y[0] + y[1], y[0] - y[1], T::ZERO - y[1]]
 }
 
+/// Tiles handled together in the transforms: one AVX register of f32.
+const L: usize = 8;
+type Lanes<T> = [T; L];
+
+/// Distance between the 16 matrices of a transformed layout holding `len` values each: a little
+/// more than `len`, so that the 16 streams a transform reads or writes at once do not all fall
+/// in the same cache sets when `len` is a power of two.
+fn point_stride(len: usize) -> usize {
+    len + 32
+}
+
+/// `n <= L` values from `src[at..]`, zero-filled.
+#[inline(always)]
+fn load<T: Float>(src: &[T], at: usize, n: usize) -> Lanes<T> {
+    let mut a = [T::ZERO; L];
+    if n == L {
+        a.copy_from_slice(&src[at..at + L]);
+    } else {
+        for (d, s) in a.iter_mut().zip(&src[at..at + n]) {
+            *d = *s;
+        }
+    }
+    a
+}
+
+/// The first `n <= L` lanes into `dst[at..]`.
+#[inline(always)]
+fn store<T: Float>(dst: &mut [T], at: usize, n: usize, v: &Lanes<T>) {
+    if n == L {
+        dst[at..at + L].copy_from_slice(v);
+    } else {
+        dst[at..at + n].copy_from_slice(&v[..n]);
+    }
+}
+
+/// A 1-D transform of `M` inputs applied lane by lane.
+#[inline(always)]
+fn lanes<T: Float, const M: usize, const N: usize>(
+    f: impl Fn([T; M]) -> [T; N],
+    x: [Lanes<T>; M],
+) -> [Lanes<T>; N] {
+    let mut out = [[T::ZERO; L]; N];
+    for l in 0..L {
+        let v = f(std::array::from_fn(|i| x[i][l]));
+        for j in 0..N {
+            out[j][l] = v[j];
+        }
+    }
+    out
+}
+
+/// Defines `fn $name` that runs `$body` compiled for AVX2 where the CPU has it, so that the
+/// transforms' loops are 8 lanes wide rather than SSE2's 4. `$body` and everything it calls are
+/// `#[inline(always)]`, so that they are compiled into the AVX2 copy.
+macro_rules! simd_fn {
+    ($(#[$doc:meta])* fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        fn $name<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx,avx2,fma")]
+                fn avx2<T: Float>($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// `U = G g Gᵀ` for every kernel, laid out `[16][c_out][c_in]`.
 fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
     let (ci, co) = (s.c_in, s.c_out);
-    let mut u = vec![T::ZERO; 16 * co * ci];
+    let us = point_stride(co * ci);
+    let mut u = vec![T::ZERO; 16 * us];
     for o in 0..co {
         for i in 0..ci {
             let k = &w[(o * ci + i) * 9..(o * ci + i + 1) * 9];
@@ -106,7 +183,7 @@ fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
             }
             for (r, row) in rows.iter().enumerate() {
                 for (c, v) in g(*row).into_iter().enumerate() {
-                    u[((r * 4 + c) * co + o) * ci + i] = v;
+                    u[(r * 4 + c) * us + o * ci + i] = v;
                 }
             }
         }
@@ -117,12 +194,13 @@ fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
 /// `Gᵀ dU G` back to kernel gradients `(c_out, c_in, 3, 3)`.
 fn kernel_grads<T: Float>(s: &ConvShape, du: &[T]) -> Vec<T> {
     let (ci, co) = (s.c_in, s.c_out);
+    let us = point_stride(co * ci);
     let mut dw = vec![T::ZERO; co * ci * 9];
     for o in 0..co {
         for i in 0..ci {
             let mut t = [[T::ZERO; 4]; 4];
             for (p, v) in t.iter_mut().flatten().enumerate() {
-                *v = du[(p * co + o) * ci + i];
+                *v = du[p * us + o * ci + i];
             }
             let mut rows = [[T::ZERO; 4]; 3];
             for c in 0..4 {
@@ -140,48 +218,223 @@ fn kernel_grads<T: Float>(s: &ConvShape, du: &[T]) -> Vec<T> {
     dw
 }
 
-/// Copies one `h x w` plane into `pad` with one zero row and column before it and enough after
-/// it to fill whole 4x4 tiles: `(2 th + 2) x (2 tw + 2)`.
-fn pad_plane<T: Float>(s: &ConvShape, src: &[T], pad: &mut [T]) {
+/// A plane with a zero row and column before it and zeros after it up to whole 4x4 tiles and
+/// whole lanes of them: `(2 th + 2) x (2 tw' + 2)`, `tw'` being `tw` rounded up to [`L`].
+fn padded(s: &ConvShape) -> (usize, usize) {
     let (th, tw) = tiles(s);
-    let pw = 2 * tw + 2;
-    pad[..(2 * th + 2) * pw].fill(T::ZERO);
+    (2 * th + 2, 2 * tw.next_multiple_of(L) + 2)
+}
+
+#[inline(always)]
+fn pad_plane<T: Float>(s: &ConvShape, src: &[T], pad: &mut [T]) {
+    let (ph, pw) = padded(s);
+    pad[..ph * pw].fill(T::ZERO);
     for y in 0..s.h {
         pad[(y + 1) * pw + 1..(y + 1) * pw + 1 + s.w].copy_from_slice(&src[y * s.w..(y + 1) * s.w]);
     }
 }
 
-/// `V = Bᵀ d B` for every tile of `gn` images, laid out `[16][c_in][t]` with `t = gn th tw`.
-fn transform_input<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad: &mut [T]) {
+/// The 4 columns of tiles `k0 .. k0 + L` in a padded row: tile `k` reads columns `2k .. 2k + 4`.
+#[inline(always)]
+fn tile_cols<T: Float>(row: &[T], k0: usize) -> [Lanes<T>; 4] {
+    let r: &[T; 2 * L + 2] = row[2 * k0..2 * k0 + 2 * L + 2].try_into().unwrap();
+    let mut out = [[T::ZERO; L]; 4];
+    for l in 0..L {
+        for (j, o) in out.iter_mut().enumerate() {
+            o[l] = r[2 * l + j];
+        }
+    }
+    out
+}
+
+simd_fn! {
+    /// `V = Bᵀ d B` for every tile of `gn` images, laid out `[16][c_in][t]` with `t = gn th tw`.
+    fn transform_input => transform_input_body(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad: &mut [T])
+}
+
+#[inline(always)]
+fn transform_input_body<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad: &mut [T]) {
     let (th, tw) = tiles(s);
-    let (p, t, pw) = (s.h * s.w, gn * th * tw, 2 * tw + 2);
+    let (_, pw) = padded(s);
+    let (p, t) = (s.h * s.w, gn * th * tw);
+    let stride = point_stride(s.c_in * t);
     for img in 0..gn {
         for c in 0..s.c_in {
-            let plane = &x[(img * s.c_in + c) * p..(img * s.c_in + c + 1) * p];
-            pad_plane(s, plane, pad);
+            pad_plane(
+                s,
+                &x[(img * s.c_in + c) * p..(img * s.c_in + c + 1) * p],
+                pad,
+            );
             for ty in 0..th {
-                let r = |i: usize| &pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw];
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
                 let base = c * t + (img * th + ty) * tw;
-                for tx in 0..tw {
-                    let mut d: Tile<T> = [[T::ZERO; 4]; 4];
+                for k0 in (0..tw).step_by(L) {
+                    let n = L.min(tw - k0);
+                    let d: [[Lanes<T>; 4]; 4] = std::array::from_fn(|i| {
+                        tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0)
+                    });
+                    // Bᵀ down the columns, then B along the rows.
+                    let mut e = [[[T::ZERO; L]; 4]; 4];
                     for j in 0..4 {
-                        let col = bt([
-                            r0[2 * tx + j],
-                            r1[2 * tx + j],
-                            r2[2 * tx + j],
-                            r3[2 * tx + j],
-                        ]);
-                        for (row, val) in d.iter_mut().zip(col) {
-                            row[j] = val;
+                        let col = lanes(bt, [d[0][j], d[1][j], d[2][j], d[3][j]]);
+                        for i in 0..4 {
+                            e[i][j] = col[i];
                         }
                     }
-                    for (i, row) in d.iter().enumerate() {
-                        for (j, val) in bt(*row).into_iter().enumerate() {
-                            v[(i * 4 + j) * s.c_in * t + base + tx] = val;
+                    for (i, row) in e.into_iter().enumerate() {
+                        for (j, val) in lanes(bt, row).iter().enumerate() {
+                            store(v, (i * 4 + j) * stride + base + k0, n, val);
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `Y = relu?(Aᵀ M A + bias)` from the products of `gn` images into `out`.
+    fn transform_output => transform_output_body(s: &ConvShape, m: &[T], bias: &[T], relu: bool, out: &mut [T])
+}
+
+#[inline(always)]
+fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: bool, out: &mut [T]) {
+    let (th, tw) = tiles(s);
+    let p = s.h * s.w;
+    let gn = out.len() / (s.c_out * p);
+    let t = gn * th * tw;
+    let tp = point_stride(s.c_out * t);
+    for img in 0..gn {
+        for o in 0..s.c_out {
+            let dst = &mut out[(img * s.c_out + o) * p..(img * s.c_out + o + 1) * p];
+            let bo = bias[o];
+            for ty in 0..th {
+                let base = o * t + (img * th + ty) * tw;
+                for k0 in (0..tw).step_by(L) {
+                    let n = L.min(tw - k0);
+                    let x: [Lanes<T>; 16] = std::array::from_fn(|i| load(m, i * tp + base + k0, n));
+                    let r: [[Lanes<T>; 2]; 4] = std::array::from_fn(|i| {
+                        lanes(at, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]])
+                    });
+                    let cols = [0, 1].map(|c| lanes(at, [r[0][c], r[1][c], r[2][c], r[3][c]]));
+                    let x0 = 2 * k0;
+                    let len = (2 * n).min(s.w - x0);
+                    for row in 0..2 {
+                        let y = 2 * ty + row;
+                        if y >= s.h {
+                            break;
+                        }
+                        let mut il = [T::ZERO; 2 * L];
+                        for l in 0..L {
+                            for c in 0..2 {
+                                let v = cols[c][row][l] + bo;
+                                il[2 * l + c] = if relu && !(v > T::ZERO) { T::ZERO } else { v };
+                            }
+                        }
+                        dst[y * s.w + x0..y * s.w + x0 + len].copy_from_slice(&il[..len]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dM = A dY Aᵀ` for every output tile of `gn` images, laid out like `M`.
+    fn transform_output_grad => transform_output_grad_body(s: &ConvShape, dy: &[T], gn: usize, m: &mut [T])
+}
+
+#[inline(always)]
+fn transform_output_grad_body<T: Float>(s: &ConvShape, dy: &[T], gn: usize, m: &mut [T]) {
+    let (th, tw) = tiles(s);
+    let p = s.h * s.w;
+    let co = s.c_out;
+    let t = gn * th * tw;
+    let tp = point_stride(co * t);
+    for img in 0..gn {
+        for o in 0..co {
+            let src = &dy[(img * co + o) * p..(img * co + o + 1) * p];
+            for ty in 0..th {
+                let base = o * t + (img * th + ty) * tw;
+                for k0 in (0..tw).step_by(L) {
+                    let n = L.min(tw - k0);
+                    let x0 = 2 * k0;
+                    let len = (2 * n).min(s.w - x0);
+                    // [row][even/odd column] of the tiles' 2x2 gradients, zero past the edges.
+                    let mut g = [[[T::ZERO; L]; 2]; 2];
+                    for (r, gr) in g.iter_mut().enumerate() {
+                        let y = 2 * ty + r;
+                        if y >= s.h {
+                            break;
+                        }
+                        let mut il = [T::ZERO; 2 * L];
+                        il[..len].copy_from_slice(&src[y * s.w + x0..y * s.w + x0 + len]);
+                        for l in 0..L {
+                            gr[0][l] = il[2 * l];
+                            gr[1][l] = il[2 * l + 1];
+                        }
+                    }
+                    let ce = lanes(a, [g[0][0], g[1][0]]);
+                    let cd = lanes(a, [g[0][1], g[1][1]]);
+                    for i in 0..4 {
+                        for (j, val) in lanes(a, [ce[i], cd[i]]).iter().enumerate() {
+                            store(m, (i * 4 + j) * tp + base + k0, n, val);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dX = Σ B dV Bᵀ` over the overlapping tiles of `gn` images, into `dx`.
+    fn transform_input_grad => transform_input_grad_body(s: &ConvShape, dv: &[T], dx: &mut [T], pad: &mut [T])
+}
+
+#[inline(always)]
+fn transform_input_grad_body<T: Float>(s: &ConvShape, dv: &[T], dx: &mut [T], pad: &mut [T]) {
+    let (th, tw) = tiles(s);
+    let (ph, pw) = padded(s);
+    let (ci, p) = (s.c_in, s.h * s.w);
+    let gn = dx.len() / (ci * p);
+    let t = gn * th * tw;
+    let vp = point_stride(ci * t);
+    for img in 0..gn {
+        for c in 0..ci {
+            pad[..ph * pw].fill(T::ZERO);
+            for ty in 0..th {
+                let base = c * t + (img * th + ty) * tw;
+                for k0 in (0..tw).step_by(L) {
+                    let n = L.min(tw - k0);
+                    // Lanes past `n` load as zeros and add nothing.
+                    let x: [Lanes<T>; 16] =
+                        std::array::from_fn(|i| load(dv, i * vp + base + k0, n));
+                    let r: [[Lanes<T>; 4]; 4] = std::array::from_fn(|i| {
+                        lanes(b, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]])
+                    });
+                    let cols: [[Lanes<T>; 4]; 4] =
+                        std::array::from_fn(|j| lanes(b, [r[0][j], r[1][j], r[2][j], r[3][j]]));
+                    for i in 0..4 {
+                        let at_ = (2 * ty + i) * pw + 2 * k0;
+                        let row: &mut [T; 2 * L + 2] =
+                            (&mut pad[at_..at_ + 2 * L + 2]).try_into().unwrap();
+                        // Tile k covers columns 2k .. 2k + 4: two passes, so that no pass
+                        // writes a column twice.
+                        for l in 0..L {
+                            row[2 * l] += cols[0][i][l];
+                            row[2 * l + 1] += cols[1][i][l];
+                        }
+                        for l in 0..L {
+                            row[2 * l + 2] += cols[2][i][l];
+                            row[2 * l + 3] += cols[3][i][l];
+                        }
+                    }
+                }
+            }
+            let dst = &mut dx[(img * ci + c) * p..(img * ci + c + 1) * p];
+            for y in 0..s.h {
+                dst[y * s.w..(y + 1) * s.w]
+                    .copy_from_slice(&pad[(y + 1) * pw + 1..(y + 1) * pw + 1 + s.w]);
             }
         }
     }
@@ -191,14 +444,17 @@ fn transform_input<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad
 fn multiply<T: Float>(s: &ConvShape, u: &[T], v: &[T], m: &mut [T], t: usize, par: bool) {
     let (ci, co) = (s.c_in, s.c_out);
     let one = |(pt, mp): (usize, &mut [T])| {
-        let up = &u[pt * co * ci..(pt + 1) * co * ci];
-        let vp = &v[pt * ci * t..(pt + 1) * ci * t];
+        let (us, vs) = (point_stride(co * ci), point_stride(ci * t));
+        let up = &u[pt * us..pt * us + co * ci];
+        let vp = &v[pt * vs..pt * vs + ci * t];
         gemm(co, t, ci, mp, false, up, ci, 1, vp, t, 1, false);
     };
     if par {
-        m.par_chunks_mut(co * t).enumerate().for_each(one);
+        m.par_chunks_mut(point_stride(co * t))
+            .enumerate()
+            .for_each(one);
     } else {
-        m.chunks_mut(co * t).enumerate().for_each(one);
+        m.chunks_mut(point_stride(co * t)).enumerate().for_each(one);
     }
 }
 
@@ -218,50 +474,14 @@ fn forward_group<T: Float>(
     let gn = out.len() / (s.c_out * s.h * s.w);
     let t = gn * th * tw;
     scratch.ensure(
-        16 * s.c_in * t,
-        16 * s.c_out * t,
-        (2 * th + 2) * (2 * tw + 2),
+        s,
+        16 * point_stride(s.c_in * t),
+        16 * point_stride(s.c_out * t),
     );
     let Scratch { v, m, pad } = scratch;
     transform_input(s, x, gn, v, pad);
     multiply(s, u, v, m, t, par);
-    let p = s.h * s.w;
-    let tp = s.c_out * t;
-    for img in 0..gn {
-        for o in 0..s.c_out {
-            let dst = &mut out[(img * s.c_out + o) * p..(img * s.c_out + o + 1) * p];
-            let bo = bias[o];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let idx = o * t + (img * th + ty) * tw + tx;
-                    let mut rows = [[T::ZERO; 2]; 4];
-                    for (i, row) in rows.iter_mut().enumerate() {
-                        *row = at([
-                            m[(i * 4) * tp + idx],
-                            m[(i * 4 + 1) * tp + idx],
-                            m[(i * 4 + 2) * tp + idx],
-                            m[(i * 4 + 3) * tp + idx],
-                        ]);
-                    }
-                    for c in 0..2 {
-                        let x = 2 * tx + c;
-                        if x >= s.w {
-                            continue;
-                        }
-                        let col = at([rows[0][c], rows[1][c], rows[2][c], rows[3][c]]);
-                        for (r, val) in col.into_iter().enumerate() {
-                            let y = 2 * ty + r;
-                            if y < s.h {
-                                let val = val + bo;
-                                dst[y * s.w + x] =
-                                    if relu && val <= T::ZERO { T::ZERO } else { val };
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    transform_output(s, m, bias, relu, out);
 }
 
 /// Reused buffers: transformed input, products, one padded plane.
@@ -280,8 +500,9 @@ impl<T: Float> Scratch<T> {
         }
     }
 
-    fn ensure(&mut self, v: usize, m: usize, pad: usize) {
-        for (buf, len) in [(&mut self.v, v), (&mut self.m, m), (&mut self.pad, pad)] {
+    fn ensure(&mut self, s: &ConvShape, v: usize, m: usize) {
+        let (ph, pw) = padded(s);
+        for (buf, len) in [(&mut self.v, v), (&mut self.m, m), (&mut self.pad, ph * pw)] {
             buf.resize(len, T::ZERO);
         }
     }
@@ -313,7 +534,7 @@ pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], bias: &[T], relu: bool
     out
 }
 
-/// Backward pass for one group: adds the input gradient into `dx` (the group's images) and
+/// Backward pass for one group: writes the input gradient into `dx` (the group's images) and
 /// returns the group's `dU` (`[16][c_out][c_in]`).
 fn backward_group<T: Float>(
     s: &ConvShape,
@@ -326,99 +547,42 @@ fn backward_group<T: Float>(
 ) -> Vec<T> {
     let (th, tw) = tiles(s);
     let (ci, co) = (s.c_in, s.c_out);
-    let p = s.h * s.w;
-    let gn = dx.len() / (ci * p);
+    let gn = dx.len() / (ci * s.h * s.w);
     let t = gn * th * tw;
-    scratch.ensure(16 * ci * t, 16 * co * t, (2 * th + 2) * (2 * tw + 2));
+    let (us, vs, ms) = (
+        point_stride(co * ci),
+        point_stride(ci * t),
+        point_stride(co * t),
+    );
+    scratch.ensure(s, 16 * vs, 16 * ms);
     let Scratch { v, m, pad } = scratch;
-    // dM = A dY Aᵀ per output tile, laid out like M.
-    let tp = co * t;
-    for img in 0..gn {
-        for o in 0..co {
-            let src = &dy[(img * co + o) * p..(img * co + o + 1) * p];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let at_ = |r: usize, c: usize| {
-                        let (y, x) = (2 * ty + r, 2 * tx + c);
-                        if y < s.h && x < s.w {
-                            src[y * s.w + x]
-                        } else {
-                            T::ZERO
-                        }
-                    };
-                    let c0 = a([at_(0, 0), at_(1, 0)]);
-                    let c1 = a([at_(0, 1), at_(1, 1)]);
-                    let idx = o * t + (img * th + ty) * tw + tx;
-                    for i in 0..4 {
-                        for (j, val) in a([c0[i], c1[i]]).into_iter().enumerate() {
-                            m[(i * 4 + j) * tp + idx] = val;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    transform_output_grad(s, dy, gn, m);
     transform_input(s, x, gn, v, pad);
     // dU[p] = dM[p] V[p]ᵀ: (c_out x t) x (t x c_in)
-    let mut du = vec![T::ZERO; 16 * co * ci];
-    let m_ref: &[T] = m;
-    let v_ref: &[T] = v;
+    let mut du = vec![T::ZERO; 16 * us];
+    let (m, v_ref): (&[T], &[T]) = (m, v);
     let weight_grad = |(pt, dup): (usize, &mut [T])| {
-        let mp = &m_ref[pt * co * t..(pt + 1) * co * t];
-        let vp = &v_ref[pt * ci * t..(pt + 1) * ci * t];
+        let mp = &m[pt * ms..pt * ms + co * t];
+        let vp = &v_ref[pt * vs..pt * vs + ci * t];
         gemm(co, ci, t, dup, false, mp, t, 1, vp, 1, t, false);
     };
     if par {
-        du.par_chunks_mut(co * ci).enumerate().for_each(weight_grad);
+        du.par_chunks_mut(us).enumerate().for_each(weight_grad);
     } else {
-        du.chunks_mut(co * ci).enumerate().for_each(weight_grad);
+        du.chunks_mut(us).enumerate().for_each(weight_grad);
     }
     // dV[p] = U[p]ᵀ dM[p]: (c_in x c_out) x (c_out x t), into the V buffer.
     let input_grad = |(pt, dvp): (usize, &mut [T])| {
-        let up = &u[pt * co * ci..(pt + 1) * co * ci];
-        let mp = &m_ref[pt * co * t..(pt + 1) * co * t];
+        let up = &u[pt * us..pt * us + co * ci];
+        let mp = &m[pt * ms..pt * ms + co * t];
         gemm(ci, t, co, dvp, false, up, 1, ci, mp, t, 1, false);
     };
     if par {
-        v.par_chunks_mut(ci * t).enumerate().for_each(input_grad);
+        v.par_chunks_mut(vs).enumerate().for_each(input_grad);
     } else {
-        v.chunks_mut(ci * t).enumerate().for_each(input_grad);
+        v.chunks_mut(vs).enumerate().for_each(input_grad);
     }
-    // dX += B dV Bᵀ, tile by tile into a padded plane, then cropped.
-    let pw = 2 * tw + 2;
-    let vp = ci * t;
-    for img in 0..gn {
-        for c in 0..ci {
-            pad[..(2 * th + 2) * pw].fill(T::ZERO);
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let idx = c * t + (img * th + ty) * tw + tx;
-                    let mut rows: Tile<T> = [[T::ZERO; 4]; 4];
-                    for (i, row) in rows.iter_mut().enumerate() {
-                        *row = b([
-                            v[(i * 4) * vp + idx],
-                            v[(i * 4 + 1) * vp + idx],
-                            v[(i * 4 + 2) * vp + idx],
-                            v[(i * 4 + 3) * vp + idx],
-                        ]);
-                    }
-                    for j in 0..4 {
-                        let col = b([rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
-                        for (i, val) in col.into_iter().enumerate() {
-                            pad[(2 * ty + i) * pw + 2 * tx + j] += val;
-                        }
-                    }
-                }
-            }
-            let dst = &mut dx[(img * ci + c) * p..(img * ci + c + 1) * p];
-            for y in 0..s.h {
-                let src = &pad[(y + 1) * pw + 1..(y + 1) * pw + 1 + s.w];
-                for (d, v) in dst[y * s.w..(y + 1) * s.w].iter_mut().zip(src) {
-                    *d += *v;
-                }
-            }
-        }
-    }
+    transform_input_grad(s, v, dx, pad);
     du
 }
 
@@ -451,7 +615,7 @@ pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>,
             .map(|item| run(&mut sc, item, true))
             .collect()
     };
-    let mut du = vec![T::ZERO; 16 * co * ci];
+    let mut du = vec![T::ZERO; 16 * point_stride(co * ci)];
     for part in parts {
         for (a, b) in du.iter_mut().zip(part) {
             *a += b;
