@@ -17,6 +17,9 @@
 //! tiles stay in cache between the transforms and the gemms. Groups run in parallel when there
 //! are at least as many as threads; otherwise the 16 gemms of a group run in parallel.
 
+// The transforms index small fixed arrays by lane and by tile row and column.
+#![allow(clippy::needless_range_loop)]
+
 use rayon::prelude::*;
 
 use crate::cpu_conv::{gemm, threads, ConvShape, Float};
@@ -327,7 +330,9 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
                         for l in 0..L {
                             for c in 0..2 {
                                 let v = cols[c][row][l] + bo;
-                                il[2 * l + c] = if relu && !(v > T::ZERO) { T::ZERO } else { v };
+                                // NaN maps to zero, as in the im2col path.
+                                let positive = v > T::ZERO;
+                                il[2 * l + c] = if relu && !positive { T::ZERO } else { v };
                             }
                         }
                         dst[y * s.w + x0..y * s.w + x0 + len].copy_from_slice(&il[..len]);
