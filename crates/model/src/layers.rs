@@ -11,7 +11,14 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 
+use std::any::Any;
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use candle_core::Storage;
+
 use crate::cpu_conv::{self, ConvShape, Float};
+use crate::winograd;
 use rand::Rng;
 
 use crate::params::{ParamStore, Rng64};
@@ -57,6 +64,7 @@ impl Conv2d {
             let op = FusedConv {
                 padding: self.kernel / 2,
                 relu: self.relu,
+                kernels: Mutex::new(None),
             };
             return Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?);
         }
@@ -90,6 +98,21 @@ pub fn reference_conv(
 struct FusedConv {
     padding: usize,
     relu: bool,
+    /// The Winograd-transformed kernels (a `Vec<f32>` or `Vec<f64>`) of the forward pass, taken
+    /// by the backward pass instead of transforming the same weights again.
+    kernels: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// A CPU tensor's values without copying them where it is contiguous.
+fn values<'a, T: candle_core::WithDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+    t: &Tensor,
+) -> candle_core::Result<Cow<'a, [T]>> {
+    if let (Storage::Cpu(cpu), Some((a, b))) = (storage, layout.contiguous_offsets()) {
+        return Ok(Cow::Borrowed(&cpu.as_slice::<T>()?[a..b]));
+    }
+    Ok(Cow::Owned(to_vec::<T>(t)?))
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
@@ -124,6 +147,18 @@ impl FusedConv {
         })
     }
 
+    fn forward<T: Float>(&self, s: &ConvShape, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+        if !winograd::applies(s) {
+            return cpu_conv::forward(s, x, w, b, self.relu);
+        }
+        let u = winograd::transform_kernels(s, w);
+        let y = winograd::forward_with(s, x, &u, b, self.relu);
+        if let Ok(mut k) = self.kernels.lock() {
+            *k = Some(Box::new(u));
+        }
+        y
+    }
+
     fn backward<T: Float + candle_core::WithDType>(
         &self,
         x: &Tensor,
@@ -132,18 +167,34 @@ impl FusedConv {
         grad: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let s = self.shape(x.layout(), w.layout())?;
-        let xv = to_vec::<T>(x)?;
-        let wv = to_vec::<T>(w)?;
-        let mut dy = to_vec::<T>(grad)?;
-        if self.relu {
-            // PyTorch's rule: the gradient passes where the output is positive.
-            for (d, r) in dy.iter_mut().zip(to_vec::<T>(res)?) {
-                if r.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) {
-                    *d = T::ZERO;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (rs, rl) = res.storage_and_layout();
+        let xv = values::<T>(&xs, xl, x)?;
+        let wv = values::<T>(&ws, wl, w)?;
+        let dy = values::<T>(&gs, gl, grad)?;
+        let out = values::<T>(&rs, rl, res)?;
+        let (dx, dw, db) = if winograd::applies(&s) {
+            let cached = self.kernels.lock().ok().and_then(|mut k| k.take());
+            let u = match cached.map(|k| k.downcast::<Vec<T>>()) {
+                Some(Ok(u)) => *u,
+                _ => winograd::transform_kernels(&s, &wv),
+            };
+            let relu_out = self.relu.then_some(&out[..]);
+            winograd::backward_with(&s, &xv, &u, &dy, relu_out)
+        } else {
+            let mut dy = dy.into_owned();
+            if self.relu {
+                // PyTorch's rule: the gradient passes where the output is positive.
+                for (d, r) in dy.iter_mut().zip(out.iter()) {
+                    if r.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) {
+                        *d = T::ZERO;
+                    }
                 }
             }
-        }
-        let (dx, dw, db) = cpu_conv::backward(&s, &xv, &wv, &dy);
+            cpu_conv::backward(&s, &xv, &wv, &dy)
+        };
         let dev = x.device();
         Ok((
             Tensor::from_vec(dx, x.shape(), dev)?,
@@ -170,12 +221,12 @@ impl CustomOp3 for FusedConv {
         let s = self.shape(l1, l2)?;
         let out_shape = Shape::from((s.n, s.c_out, s.h, s.w));
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(
-                cpu_conv::forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, self.relu),
-            ),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(
-                cpu_conv::forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?, self.relu),
-            ),
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.forward(&s, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?))
+            }
             _ => {
                 candle_core::bail!("fused conv: input, weight and bias must all be f32 or all f64")
             }

@@ -135,7 +135,11 @@ fn lanes<T: Float, const M: usize, const N: usize>(
 ) -> [Lanes<T>; N] {
     let mut out = [[T::ZERO; L]; N];
     for l in 0..L {
-        let v = f(std::array::from_fn(|i| x[i][l]));
+        let mut a = [T::ZERO; M];
+        for i in 0..M {
+            a[i] = x[i][l];
+        }
+        let v = f(a);
         for j in 0..N {
             out[j][l] = v[j];
         }
@@ -168,8 +172,9 @@ macro_rules! simd_fn {
     };
 }
 
-/// `U = G g Gᵀ` for every kernel, laid out `[16][c_out][c_in]`.
-fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
+/// `U = G g Gᵀ` for every kernel of `w` (`(c_out, c_in, 3, 3)`): the transformed kernels that
+/// [`forward_with`] and [`backward_with`] take, so that a caller can compute them once for both.
+pub fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
     let (ci, co) = (s.c_in, s.c_out);
     let us = point_stride(co * ci);
     let mut u = vec![T::ZERO; 16 * us];
@@ -272,9 +277,11 @@ fn transform_input_body<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T]
                 let base = c * t + (img * th + ty) * tw;
                 for k0 in (0..tw).step_by(L) {
                     let n = L.min(tw - k0);
-                    let d: [[Lanes<T>; 4]; 4] = std::array::from_fn(|i| {
-                        tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0)
-                    });
+                    // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
+                    let mut d = [[[T::ZERO; L]; 4]; 4];
+                    for i in 0..4 {
+                        d[i] = tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0);
+                    }
                     // Bᵀ down the columns, then B along the rows.
                     let mut e = [[[T::ZERO; L]; 4]; 4];
                     for j in 0..4 {
@@ -314,11 +321,18 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
                 let base = o * t + (img * th + ty) * tw;
                 for k0 in (0..tw).step_by(L) {
                     let n = L.min(tw - k0);
-                    let x: [Lanes<T>; 16] = std::array::from_fn(|i| load(m, i * tp + base + k0, n));
-                    let r: [[Lanes<T>; 2]; 4] = std::array::from_fn(|i| {
-                        lanes(at, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]])
-                    });
-                    let cols = [0, 1].map(|c| lanes(at, [r[0][c], r[1][c], r[2][c], r[3][c]]));
+                    let mut x = [[T::ZERO; L]; 16];
+                    for i in 0..16 {
+                        x[i] = load(m, i * tp + base + k0, n);
+                    }
+                    let mut r = [[[T::ZERO; L]; 2]; 4];
+                    for i in 0..4 {
+                        r[i] = lanes(at, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
+                    }
+                    let mut cols = [[[T::ZERO; L]; 2]; 2];
+                    for c in 0..2 {
+                        cols[c] = lanes(at, [r[0][c], r[1][c], r[2][c], r[3][c]]);
+                    }
                     let x0 = 2 * k0;
                     let len = (2 * n).min(s.w - x0);
                     for row in 0..2 {
@@ -344,12 +358,28 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
 }
 
 simd_fn! {
-    /// `dM = A dY Aᵀ` for every output tile of `gn` images, laid out like `M`.
-    fn transform_output_grad => transform_output_grad_body(s: &ConvShape, dy: &[T], gn: usize, m: &mut [T])
+    /// `dM = A dY Aᵀ` for every output tile of `gn` images, laid out like `M`, with `dY` zeroed
+    /// where `relu_out` (the forward's output, if it went through a ReLU) is not positive; adds
+    /// the bias gradient (the sum of `dY`) into `db`.
+    fn transform_output_grad => transform_output_grad_body(
+        s: &ConvShape,
+        dy: &[T],
+        relu_out: Option<&[T]>,
+        gn: usize,
+        m: &mut [T],
+        db: &mut [T],
+    )
 }
 
 #[inline(always)]
-fn transform_output_grad_body<T: Float>(s: &ConvShape, dy: &[T], gn: usize, m: &mut [T]) {
+fn transform_output_grad_body<T: Float>(
+    s: &ConvShape,
+    dy: &[T],
+    relu_out: Option<&[T]>,
+    gn: usize,
+    m: &mut [T],
+    db: &mut [T],
+) {
     let (th, tw) = tiles(s);
     let p = s.h * s.w;
     let co = s.c_out;
@@ -357,7 +387,10 @@ fn transform_output_grad_body<T: Float>(s: &ConvShape, dy: &[T], gn: usize, m: &
     let tp = point_stride(co * t);
     for img in 0..gn {
         for o in 0..co {
-            let src = &dy[(img * co + o) * p..(img * co + o + 1) * p];
+            let plane = (img * co + o) * p..(img * co + o + 1) * p;
+            let src = &dy[plane.clone()];
+            let out = relu_out.map(|r| &r[plane]);
+            let mut sum = [T::ZERO; 2 * L];
             for ty in 0..th {
                 let base = o * t + (img * th + ty) * tw;
                 for k0 in (0..tw).step_by(L) {
@@ -372,7 +405,20 @@ fn transform_output_grad_body<T: Float>(s: &ConvShape, dy: &[T], gn: usize, m: &
                             break;
                         }
                         let mut il = [T::ZERO; 2 * L];
-                        il[..len].copy_from_slice(&src[y * s.w + x0..y * s.w + x0 + len]);
+                        let run = y * s.w + x0..y * s.w + x0 + len;
+                        il[..len].copy_from_slice(&src[run.clone()]);
+                        if let Some(out) = out {
+                            // PyTorch's rule: the gradient passes where the output is positive.
+                            for (g, o) in il.iter_mut().zip(&out[run]) {
+                                let positive = *o > T::ZERO;
+                                if !positive {
+                                    *g = T::ZERO;
+                                }
+                            }
+                        }
+                        for (acc, g) in sum.iter_mut().zip(&il) {
+                            *acc += *g;
+                        }
                         for l in 0..L {
                             gr[0][l] = il[2 * l];
                             gr[1][l] = il[2 * l + 1];
@@ -386,6 +432,9 @@ fn transform_output_grad_body<T: Float>(s: &ConvShape, dy: &[T], gn: usize, m: &
                         }
                     }
                 }
+            }
+            for g in sum {
+                db[o] += g;
             }
         }
     }
@@ -412,13 +461,18 @@ fn transform_input_grad_body<T: Float>(s: &ConvShape, dv: &[T], dx: &mut [T], pa
                 for k0 in (0..tw).step_by(L) {
                     let n = L.min(tw - k0);
                     // Lanes past `n` load as zeros and add nothing.
-                    let x: [Lanes<T>; 16] =
-                        std::array::from_fn(|i| load(dv, i * vp + base + k0, n));
-                    let r: [[Lanes<T>; 4]; 4] = std::array::from_fn(|i| {
-                        lanes(b, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]])
-                    });
-                    let cols: [[Lanes<T>; 4]; 4] =
-                        std::array::from_fn(|j| lanes(b, [r[0][j], r[1][j], r[2][j], r[3][j]]));
+                    let mut x = [[T::ZERO; L]; 16];
+                    for i in 0..16 {
+                        x[i] = load(dv, i * vp + base + k0, n);
+                    }
+                    let mut r = [[[T::ZERO; L]; 4]; 4];
+                    for i in 0..4 {
+                        r[i] = lanes(b, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
+                    }
+                    let mut cols = [[[T::ZERO; L]; 4]; 4];
+                    for j in 0..4 {
+                        cols[j] = lanes(b, [r[0][j], r[1][j], r[2][j], r[3][j]]);
+                    }
                     for i in 0..4 {
                         let at_ = (2 * ty + i) * pw + 2 * k0;
                         let row: &mut [T; 2 * L + 2] =
@@ -515,16 +569,20 @@ impl<T: Float> Scratch<T> {
 
 /// `relu?(conv3x3(x, w) + b)` by Winograd F(2x2, 3x3); same contract as [`crate::cpu_conv::forward`].
 pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], bias: &[T], relu: bool) -> Vec<T> {
+    forward_with(s, x, &transform_kernels(s, w), bias, relu)
+}
+
+/// [`forward`] with the kernels already transformed by [`transform_kernels`].
+pub fn forward_with<T: Float>(s: &ConvShape, x: &[T], u: &[T], bias: &[T], relu: bool) -> Vec<T> {
     debug_assert!(s.k == 3);
     let p = s.h * s.w;
     let gsz = group(s);
-    let u = transform_kernels(s, w);
     let mut out = vec![T::ZERO; s.n * s.c_out * p];
     let groups = s.n.div_ceil(gsz);
     let chunk = gsz * s.c_out * p;
     let run = |scratch: &mut Scratch<T>, (gi, o): (usize, &mut [T]), par: bool| {
         let xg = &x[gi * gsz * s.c_in * p..];
-        forward_group(s, xg, &u, bias, relu, o, scratch, par);
+        forward_group(s, xg, u, bias, relu, o, scratch, par);
     };
     if groups >= threads() {
         out.par_chunks_mut(chunk)
@@ -540,16 +598,18 @@ pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], bias: &[T], relu: bool
 }
 
 /// Backward pass for one group: writes the input gradient into `dx` (the group's images) and
-/// returns the group's `dU` (`[16][c_out][c_in]`).
+/// returns the group's `dU` (`[16][c_out][c_in]`) and bias gradient.
+#[allow(clippy::too_many_arguments)]
 fn backward_group<T: Float>(
     s: &ConvShape,
     x: &[T],
     u: &[T],
     dy: &[T],
+    relu_out: Option<&[T]>,
     dx: &mut [T],
     scratch: &mut Scratch<T>,
     par: bool,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<T>) {
     let (th, tw) = tiles(s);
     let (ci, co) = (s.c_in, s.c_out);
     let gn = dx.len() / (ci * s.h * s.w);
@@ -561,7 +621,8 @@ fn backward_group<T: Float>(
     );
     scratch.ensure(s, 16 * vs, 16 * ms);
     let Scratch { v, m, pad } = scratch;
-    transform_output_grad(s, dy, gn, m);
+    let mut db = vec![T::ZERO; co];
+    transform_output_grad(s, dy, relu_out, gn, m, &mut db);
     transform_input(s, x, gn, v, pad);
     // dU[p] = dM[p] V[p]ᵀ: (c_out x t) x (t x c_in)
     let mut du = vec![T::ZERO; 16 * us];
@@ -588,27 +649,41 @@ fn backward_group<T: Float>(
         v.chunks_mut(vs).enumerate().for_each(input_grad);
     }
     transform_input_grad(s, v, dx, pad);
-    du
+    (du, db)
 }
 
 /// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by the ReLU); same
 /// contract as [`crate::cpu_conv::backward`].
 pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    backward_with(s, x, &transform_kernels(s, w), dy, None)
+}
+
+/// [`backward`] with the kernels already transformed by [`transform_kernels`], and `dy` not yet
+/// masked: where `relu_out` (the forward's output after its ReLU) is given, the gradient passes
+/// only where it is positive.
+pub fn backward_with<T: Float>(
+    s: &ConvShape,
+    x: &[T],
+    u: &[T],
+    dy: &[T],
+    relu_out: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     debug_assert!(s.k == 3);
     let (ci, co) = (s.c_in, s.c_out);
     let p = s.h * s.w;
     let gsz = group(s);
-    let u = transform_kernels(s, w);
     let mut dx = vec![T::ZERO; s.n * ci * p];
     let groups = s.n.div_ceil(gsz);
     let run = |scratch: &mut Scratch<T>, (gi, d): (usize, &mut [T]), par: bool| {
         let n0 = gi * gsz;
         let xg = &x[n0 * ci * p..];
         let dyg = &dy[n0 * co * p..];
-        backward_group(s, xg, &u, dyg, d, scratch, par)
+        let outg = relu_out.map(|r| &r[n0 * co * p..]);
+        backward_group(s, xg, u, dyg, outg, d, scratch, par)
     };
-    // One dU per group, summed in group order so that results do not depend on scheduling.
-    let parts: Vec<Vec<T>> = if groups >= threads() {
+    // One dU and db per group, summed in group order so that results do not depend on
+    // scheduling.
+    let parts: Vec<(Vec<T>, Vec<T>)> = if groups >= threads() {
         dx.par_chunks_mut(gsz * ci * p)
             .enumerate()
             .map_init(Scratch::new, |sc, item| run(sc, item, false))
@@ -621,17 +696,13 @@ pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>,
             .collect()
     };
     let mut du = vec![T::ZERO; 16 * point_stride(co * ci)];
-    for part in parts {
-        for (a, b) in du.iter_mut().zip(part) {
+    let mut db = vec![T::ZERO; co];
+    for (pu, pb) in parts {
+        for (a, b) in du.iter_mut().zip(pu) {
             *a += b;
         }
-    }
-    let mut db = vec![T::ZERO; co];
-    for img in 0..s.n {
-        for (o, acc) in db.iter_mut().enumerate() {
-            for v in &dy[(img * co + o) * p..(img * co + o + 1) * p] {
-                *acc += *v;
-            }
+        for (a, b) in db.iter_mut().zip(pb) {
+            *a += b;
         }
     }
     (dx, kernel_grads(s, &du), db)
