@@ -92,9 +92,9 @@ fn a<T: Float>(y: [T; 2]) -> [T; 4] {
     [y[0], y[0] + y[1], y[0] - y[1], T::ZERO - y[1]]
 }
 
-/// Tiles handled together in the transforms: one AVX register of f32.
+/// Most tiles handled together in the transforms: one AVX register of f32. The transforms run
+/// `N` = 8 lanes, or 4 where a plane is 4 tiles wide (8x8), so that lanes are seldom partial.
 const L: usize = 8;
-type Lanes<T> = [T; L];
 
 /// Distance between the 16 matrices of a transformed layout holding `len` values each: a little
 /// more than `len`, so that the 16 streams a transform reads or writes at once do not all fall
@@ -103,12 +103,12 @@ fn point_stride(len: usize) -> usize {
     len + 32
 }
 
-/// `n <= L` values from `src[at..]`, zero-filled.
+/// `n <= N` values from `src[at..]`, zero-filled.
 #[inline(always)]
-fn load<T: Float>(src: &[T], at: usize, n: usize) -> Lanes<T> {
-    let mut a = [T::ZERO; L];
-    if n == L {
-        a.copy_from_slice(&src[at..at + L]);
+fn load<T: Float, const N: usize>(src: &[T], at: usize, n: usize) -> [T; N] {
+    let mut a = [T::ZERO; N];
+    if n == N {
+        a.copy_from_slice(&src[at..at + N]);
     } else {
         for (d, s) in a.iter_mut().zip(&src[at..at + n]) {
             *d = *s;
@@ -117,57 +117,63 @@ fn load<T: Float>(src: &[T], at: usize, n: usize) -> Lanes<T> {
     a
 }
 
-/// The first `n <= L` lanes into `dst[at..]`.
+/// The first `n <= N` lanes into `dst[at..]`.
 #[inline(always)]
-fn store<T: Float>(dst: &mut [T], at: usize, n: usize, v: &Lanes<T>) {
-    if n == L {
-        dst[at..at + L].copy_from_slice(v);
+fn store<T: Float, const N: usize>(dst: &mut [T], at: usize, n: usize, v: &[T; N]) {
+    if n == N {
+        dst[at..at + N].copy_from_slice(v);
     } else {
         dst[at..at + n].copy_from_slice(&v[..n]);
     }
 }
 
-/// A 1-D transform of `M` inputs applied lane by lane.
+/// A 1-D transform of `M` inputs to `K` outputs applied lane by lane.
 #[inline(always)]
-fn lanes<T: Float, const M: usize, const N: usize>(
-    f: impl Fn([T; M]) -> [T; N],
-    x: [Lanes<T>; M],
-) -> [Lanes<T>; N] {
-    let mut out = [[T::ZERO; L]; N];
-    for l in 0..L {
+fn lanes<T: Float, const M: usize, const K: usize, const N: usize>(
+    f: impl Fn([T; M]) -> [T; K],
+    x: [[T; N]; M],
+) -> [[T; N]; K] {
+    let mut out = [[T::ZERO; N]; K];
+    for l in 0..N {
         let mut a = [T::ZERO; M];
         for i in 0..M {
             a[i] = x[i][l];
         }
         let v = f(a);
-        for j in 0..N {
+        for j in 0..K {
             out[j][l] = v[j];
         }
     }
     out
 }
 
-/// Defines `fn $name` that runs `$body` compiled for AVX2 where the CPU has it, so that the
-/// transforms' loops are 8 lanes wide rather than SSE2's 4. `$body` and everything it calls are
+/// Defines `fn $name` that runs `$body` with 8 or 4 lanes (see [`L`]), compiled for AVX2 where
+/// the CPU has it so that the lanes are one register wide. `$body` and everything it calls are
 /// `#[inline(always)]`, so that they are compiled into the AVX2 copy.
 macro_rules! simd_fn {
-    ($(#[$doc:meta])* fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+    ($(#[$doc:meta])* fn $name:ident => $body:ident ($s:ident: $sty:ty, $($arg:ident: $ty:ty),* $(,)?)) => {
         $(#[$doc])*
-        fn $name<T: Float>($($arg: $ty),*) {
+        fn $name<T: Float>($s: $sty, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx,avx2,fma")]
-                fn avx2<T: Float>($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
+            #[target_feature(enable = "avx,avx2,fma")]
+            fn avx2<T: Float, const N: usize>($s: $sty, $($arg: $ty),*) {
+                $body::<T, N>($s, $($arg),*)
+            }
+            fn run<T: Float, const N: usize>($s: $sty, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2::<T, N>($s, $($arg),*) };
                 }
+                $body::<T, N>($s, $($arg),*)
             }
-            $body($($arg),*)
+            if tiles($s).1 <= 4 {
+                run::<T, 4>($s, $($arg),*)
+            } else {
+                run::<T, L>($s, $($arg),*)
+            }
         }
     };
 }
@@ -242,12 +248,12 @@ fn pad_plane<T: Float>(s: &ConvShape, src: &[T], pad: &mut [T]) {
     }
 }
 
-/// The 4 columns of tiles `k0 .. k0 + L` in a padded row: tile `k` reads columns `2k .. 2k + 4`.
+/// The 4 columns of tiles `k0 .. k0 + N` in a padded row: tile `k` reads columns `2k .. 2k + 4`.
 #[inline(always)]
-fn tile_cols<T: Float>(row: &[T], k0: usize) -> [Lanes<T>; 4] {
-    let r: &[T; 2 * L + 2] = row[2 * k0..2 * k0 + 2 * L + 2].try_into().unwrap();
-    let mut out = [[T::ZERO; L]; 4];
-    for l in 0..L {
+fn tile_cols<T: Float, const N: usize>(row: &[T], k0: usize) -> [[T; N]; 4] {
+    let r = &row[2 * k0..2 * k0 + 2 * N + 2];
+    let mut out = [[T::ZERO; N]; 4];
+    for l in 0..N {
         for (j, o) in out.iter_mut().enumerate() {
             o[l] = r[2 * l + j];
         }
@@ -261,7 +267,13 @@ simd_fn! {
 }
 
 #[inline(always)]
-fn transform_input_body<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad: &mut [T]) {
+fn transform_input_body<T: Float, const N: usize>(
+    s: &ConvShape,
+    x: &[T],
+    gn: usize,
+    v: &mut [T],
+    pad: &mut [T],
+) {
     let (th, tw) = tiles(s);
     let (_, pw) = padded(s);
     let (p, t) = (s.h * s.w, gn * th * tw);
@@ -275,15 +287,15 @@ fn transform_input_body<T: Float>(s: &ConvShape, x: &[T], gn: usize, v: &mut [T]
             );
             for ty in 0..th {
                 let base = c * t + (img * th + ty) * tw;
-                for k0 in (0..tw).step_by(L) {
-                    let n = L.min(tw - k0);
+                for k0 in (0..tw).step_by(N) {
+                    let n = N.min(tw - k0);
                     // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
-                    let mut d = [[[T::ZERO; L]; 4]; 4];
+                    let mut d = [[[T::ZERO; N]; 4]; 4];
                     for i in 0..4 {
                         d[i] = tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0);
                     }
                     // Bᵀ down the columns, then B along the rows.
-                    let mut e = [[[T::ZERO; L]; 4]; 4];
+                    let mut e = [[[T::ZERO; N]; 4]; 4];
                     for j in 0..4 {
                         let col = lanes(bt, [d[0][j], d[1][j], d[2][j], d[3][j]]);
                         for i in 0..4 {
@@ -307,7 +319,13 @@ simd_fn! {
 }
 
 #[inline(always)]
-fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: bool, out: &mut [T]) {
+fn transform_output_body<T: Float, const N: usize>(
+    s: &ConvShape,
+    m: &[T],
+    bias: &[T],
+    relu: bool,
+    out: &mut [T],
+) {
     let (th, tw) = tiles(s);
     let p = s.h * s.w;
     let gn = out.len() / (s.c_out * p);
@@ -319,17 +337,17 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
             let bo = bias[o];
             for ty in 0..th {
                 let base = o * t + (img * th + ty) * tw;
-                for k0 in (0..tw).step_by(L) {
-                    let n = L.min(tw - k0);
-                    let mut x = [[T::ZERO; L]; 16];
+                for k0 in (0..tw).step_by(N) {
+                    let n = N.min(tw - k0);
+                    let mut x = [[T::ZERO; N]; 16];
                     for i in 0..16 {
                         x[i] = load(m, i * tp + base + k0, n);
                     }
-                    let mut r = [[[T::ZERO; L]; 2]; 4];
+                    let mut r = [[[T::ZERO; N]; 2]; 4];
                     for i in 0..4 {
                         r[i] = lanes(at, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
                     }
-                    let mut cols = [[[T::ZERO; L]; 2]; 2];
+                    let mut cols = [[[T::ZERO; N]; 2]; 2];
                     for c in 0..2 {
                         cols[c] = lanes(at, [r[0][c], r[1][c], r[2][c], r[3][c]]);
                     }
@@ -341,7 +359,7 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
                             break;
                         }
                         let mut il = [T::ZERO; 2 * L];
-                        for l in 0..L {
+                        for l in 0..N {
                             for c in 0..2 {
                                 let v = cols[c][row][l] + bo;
                                 // NaN maps to zero, as in the im2col path.
@@ -349,7 +367,12 @@ fn transform_output_body<T: Float>(s: &ConvShape, m: &[T], bias: &[T], relu: boo
                                 il[2 * l + c] = if relu && !positive { T::ZERO } else { v };
                             }
                         }
-                        dst[y * s.w + x0..y * s.w + x0 + len].copy_from_slice(&il[..len]);
+                        let at_ = y * s.w + x0;
+                        if len == 2 * N {
+                            dst[at_..at_ + 2 * N].copy_from_slice(&il[..2 * N]);
+                        } else {
+                            dst[at_..at_ + len].copy_from_slice(&il[..len]);
+                        }
                     }
                 }
             }
@@ -372,7 +395,7 @@ simd_fn! {
 }
 
 #[inline(always)]
-fn transform_output_grad_body<T: Float>(
+fn transform_output_grad_body<T: Float, const N: usize>(
     s: &ConvShape,
     dy: &[T],
     relu_out: Option<&[T]>,
@@ -393,12 +416,12 @@ fn transform_output_grad_body<T: Float>(
             let mut sum = [T::ZERO; 2 * L];
             for ty in 0..th {
                 let base = o * t + (img * th + ty) * tw;
-                for k0 in (0..tw).step_by(L) {
-                    let n = L.min(tw - k0);
+                for k0 in (0..tw).step_by(N) {
+                    let n = N.min(tw - k0);
                     let x0 = 2 * k0;
                     let len = (2 * n).min(s.w - x0);
                     // [row][even/odd column] of the tiles' 2x2 gradients, zero past the edges.
-                    let mut g = [[[T::ZERO; L]; 2]; 2];
+                    let mut g = [[[T::ZERO; N]; 2]; 2];
                     for (r, gr) in g.iter_mut().enumerate() {
                         let y = 2 * ty + r;
                         if y >= s.h {
@@ -406,7 +429,11 @@ fn transform_output_grad_body<T: Float>(
                         }
                         let mut il = [T::ZERO; 2 * L];
                         let run = y * s.w + x0..y * s.w + x0 + len;
-                        il[..len].copy_from_slice(&src[run.clone()]);
+                        if len == 2 * N {
+                            il[..2 * N].copy_from_slice(&src[run.start..run.start + 2 * N]);
+                        } else {
+                            il[..len].copy_from_slice(&src[run.clone()]);
+                        }
                         if let Some(out) = out {
                             // PyTorch's rule: the gradient passes where the output is positive.
                             for (g, o) in il.iter_mut().zip(&out[run]) {
@@ -419,7 +446,7 @@ fn transform_output_grad_body<T: Float>(
                         for (acc, g) in sum.iter_mut().zip(&il) {
                             *acc += *g;
                         }
-                        for l in 0..L {
+                        for l in 0..N {
                             gr[0][l] = il[2 * l];
                             gr[1][l] = il[2 * l + 1];
                         }
@@ -446,7 +473,12 @@ simd_fn! {
 }
 
 #[inline(always)]
-fn transform_input_grad_body<T: Float>(s: &ConvShape, dv: &[T], dx: &mut [T], pad: &mut [T]) {
+fn transform_input_grad_body<T: Float, const N: usize>(
+    s: &ConvShape,
+    dv: &[T],
+    dx: &mut [T],
+    pad: &mut [T],
+) {
     let (th, tw) = tiles(s);
     let (ph, pw) = padded(s);
     let (ci, p) = (s.c_in, s.h * s.w);
@@ -458,32 +490,31 @@ fn transform_input_grad_body<T: Float>(s: &ConvShape, dv: &[T], dx: &mut [T], pa
             pad[..ph * pw].fill(T::ZERO);
             for ty in 0..th {
                 let base = c * t + (img * th + ty) * tw;
-                for k0 in (0..tw).step_by(L) {
-                    let n = L.min(tw - k0);
+                for k0 in (0..tw).step_by(N) {
+                    let n = N.min(tw - k0);
                     // Lanes past `n` load as zeros and add nothing.
-                    let mut x = [[T::ZERO; L]; 16];
+                    let mut x = [[T::ZERO; N]; 16];
                     for i in 0..16 {
                         x[i] = load(dv, i * vp + base + k0, n);
                     }
-                    let mut r = [[[T::ZERO; L]; 4]; 4];
+                    let mut r = [[[T::ZERO; N]; 4]; 4];
                     for i in 0..4 {
                         r[i] = lanes(b, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
                     }
-                    let mut cols = [[[T::ZERO; L]; 4]; 4];
+                    let mut cols = [[[T::ZERO; N]; 4]; 4];
                     for j in 0..4 {
                         cols[j] = lanes(b, [r[0][j], r[1][j], r[2][j], r[3][j]]);
                     }
                     for i in 0..4 {
                         let at_ = (2 * ty + i) * pw + 2 * k0;
-                        let row: &mut [T; 2 * L + 2] =
-                            (&mut pad[at_..at_ + 2 * L + 2]).try_into().unwrap();
+                        let row = &mut pad[at_..at_ + 2 * N + 2];
                         // Tile k covers columns 2k .. 2k + 4: two passes, so that no pass
                         // writes a column twice.
-                        for l in 0..L {
+                        for l in 0..N {
                             row[2 * l] += cols[0][i][l];
                             row[2 * l + 1] += cols[1][i][l];
                         }
-                        for l in 0..L {
+                        for l in 0..N {
                             row[2 * l + 2] += cols[2][i][l];
                             row[2 * l + 3] += cols[3][i][l];
                         }
