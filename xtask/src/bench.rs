@@ -190,7 +190,7 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
             median(&entry["infer_img_per_s"]),
             entry["infer_img_per_s"]["min"].as_f64().unwrap(),
             entry["infer_img_per_s"]["max"].as_f64().unwrap(),
-            peak.map_or(String::new(), |p| format!(", {:.0} % of the machine's {p:.0} GFLOP/s peak in training", 100.0 * median(&entry["train_img_per_s"]) * 3.0 * flops / 1e9 / p)),
+            peak.map_or(String::new(), |p| format!(", {:.0} % of the machine's {p:.0} GFLOP/s peak in training (direct-convolution FLOPs: Winograd layers do fewer)", 100.0 * median(&entry["train_img_per_s"]) * 3.0 * flops / 1e9 / p)),
         );
         if !ttr.is_empty() {
             entry["pytorch"] = serde_json::json!({"train_img_per_s": stats(&ttr), "infer_img_per_s": stats(&tinf)});

@@ -9,6 +9,7 @@
 //!   kernels ([`crate::cpu_conv`]) forward and backward, with bias and ReLU fused;
 //!   [`ConvTranspose2x2`] is a single matrix product.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 
 use std::any::Any;
@@ -68,7 +69,7 @@ impl Conv2d {
             };
             return Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?);
         }
-        reference_conv(
+        device_conv(
             &x,
             self.weight.as_tensor(),
             self.bias.as_tensor(),
@@ -78,8 +79,89 @@ impl Conv2d {
     }
 }
 
+/// The convolution on devices other than the CPU (CUDA). candle's `conv2d` (cuDNN with the
+/// `cudnn` feature) computes the output, but its backward always sends the input gradient
+/// through `conv_transpose2d`, a naive kernel on CUDA. Here the output is computed without a
+/// graph and handed to [`ConvGrads`], whose backward makes both gradients from forward
+/// convolutions: the input's from the output gradient and the flipped, transposed kernel, the
+/// kernel's as candle does. The same code runs on the CPU, where it is tested against
+/// [`reference_conv`].
+pub fn device_conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    let c_out = w.dim(0)?;
+    let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
+    let y = if x.track_op() || w.track_op() {
+        x.apply_op3(w, &y, ConvGrads { padding })?
+    } else {
+        y
+    };
+    let y = y.broadcast_add(&b.reshape((1, c_out, 1, 1))?)?;
+    Ok(if relu { y.relu()? } else { y })
+}
+
+/// `(x, w, y) -> y` where `y = conv2d(x, w)` was computed outside the graph; the backward gives
+/// `x` and `w` their gradients by forward convolutions (see [`device_conv`]).
+struct ConvGrads {
+    padding: usize,
+}
+
+impl CustomOp3 for ConvGrads {
+    fn name(&self) -> &'static str {
+        "conv2d-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let k = w.dim(2)?;
+        // A stride-1 convolution's input gradient is the output gradient convolved with the
+        // kernel flipped in space and with its in and out channels swapped.
+        let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+        let dx = grad.conv2d(&flipped, k - 1 - self.padding, 1, 1, 1)?;
+        let dw = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, self.padding, 1, 1, 1)?
+            .transpose(0, 1)?;
+        Ok((Some(dx), Some(dw), None))
+    }
+}
+
 /// The same convolution from candle's own ops (and candle's own backward): the reference that
-/// the fused CPU op is tested against, and the path on other devices.
+/// the fused CPU op and [`device_conv`] are tested against.
 pub fn reference_conv(
     x: &Tensor,
     w: &Tensor,

@@ -68,6 +68,43 @@ fn fused_conv_matches_candle_conv() {
     }
 }
 
+/// The convolution used off the CPU (candle's forward conv for the output, forward convs for both
+/// gradients) against candle's own conv and backward, run here on the CPU.
+#[test]
+fn device_conv_matches_candle_conv() {
+    use denoise_model::layers::device_conv;
+    for (n, k, relu, c_in, c_out, hw) in [
+        (2, 3, true, 3, 5, 8),
+        (1, 1, false, 4, 2, 5),
+        (3, 3, false, 6, 4, 7),
+    ] {
+        let x = Var::from_tensor(&rand(&[n, c_in, hw, hw], 5)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, c_in, k, k], 6)).unwrap();
+        let b = Var::from_tensor(&rand(&[c_out], 7)).unwrap();
+        let upstream = rand(&[n, c_out, hw, hw], 8);
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let ours = device_conv(xt, wt, bt, k / 2, relu).unwrap();
+        let theirs = reference_conv(xt, wt, bt, k / 2, relu).unwrap();
+        assert!(max_rel(&ours, &theirs) < 1e-12, "forward");
+        let g1 = (ours * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (theirs * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, t) in [("x", xt), ("w", wt), ("b", bt)] {
+            let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(e < 1e-12, "gradient of {name}: {e} (k={k}, relu={relu})");
+        }
+    }
+}
+
 /// The Winograd kernels against the im2col ones on raw slices: non-square and odd planes, one
 /// group (gemms in parallel) and many groups (groups in parallel).
 #[test]
