@@ -73,6 +73,8 @@ run torch-bench-tf32 45 python3 seed_unet_bench.py --device cuda --steps 10 --re
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
 run train-seed-unet 120 ./denoise train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
 run eval-seed-unet 45 ./denoise eval --model "$WORK/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
+run selftest-tf32 30 ./denoise selftest --device cuda --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
+run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device cuda --tf32 --steps 10 --repeats 3 --json "$OUT/bench-seed-unet-tf32.json"
 run bench-cond-unet 60 ./denoise bench --arch cond-unet --device cuda --steps 10 --repeats 3 --json "$OUT/bench-cond-unet.json"
 run train-cond-unet 120 ./denoise train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
 run eval-cond-unet 60 ./denoise eval --model "$WORK/cond-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --estimate-sigma --device cuda --json "$OUT/eval-cond-unet.json"
@@ -119,9 +121,13 @@ summary = {
     "durations_s": durations,
     "missing_libraries": [l.strip() for l in (text("ldd.txt") or "").splitlines() if "not found" in l],
     "selftest": load("selftest.json"),
+    "selftest_tf32": load("selftest-tf32.json"),
     "bench": {"denoise": ours, "pytorch": torch_, "pytorch_tf32": torch_tf32,
               "train_ratio_vs_pytorch": ratio(ours, torch_, "train_img_per_s"),
-              "infer_ratio_vs_pytorch": ratio(ours, torch_, "infer_img_per_s")},
+              "infer_ratio_vs_pytorch": ratio(ours, torch_, "infer_img_per_s"),
+              "denoise_tf32": load("bench-seed-unet-tf32.json"),
+              "train_ratio_tf32_vs_pytorch_tf32": ratio(load("bench-seed-unet-tf32.json"), torch_tf32, "train_img_per_s"),
+              "infer_ratio_tf32_vs_pytorch_tf32": ratio(load("bench-seed-unet-tf32.json"), torch_tf32, "infer_img_per_s")},
     "train_seed_unet": [json.loads(l) for l in (text("seed-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_seed_unet": load("eval-seed-unet.json"),
     "bench_cond_unet": load("bench-cond-unet.json"),

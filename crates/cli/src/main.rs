@@ -28,6 +28,10 @@ mod images;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// On CUDA, let f32 matrix products use TF32 tensor cores (about 1e-3 relative error, as
+    /// PyTorch's `allow_tf32`); no effect on the CPU.
+    #[arg(long, global = true)]
+    tf32: bool,
 }
 
 #[derive(Subcommand)]
@@ -854,6 +858,7 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);
     if matches!(cli.command, Command::Train(_) | Command::Bench(_)) {
         // Faster steps; not for generate, whose memory bound is measured with glibc's defaults.
         denoise_trainer::bench::tune_allocator();

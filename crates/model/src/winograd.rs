@@ -31,8 +31,12 @@ const TILES_PER_GROUP: usize = 512;
 /// for the gemms to pay (the 3-channel first layer stays on im2col) and planes of at least 8x8
 /// (on 4x4 planes the transforms cost more than the multiplications they save: measured with
 /// `conv_profile --raw`, 512->512 at 4x4 took 71 ms forward against im2col's 54).
+///
+/// `DENOISE_CONV=im2col` in the environment turns Winograd off (to compare the two).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3 && s.c_in >= 8 && s.c_out >= 8 && s.h >= 8 && s.w >= 8
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("DENOISE_CONV").is_ok_and(|v| v == "im2col"));
+    !off && s.k == 3 && s.c_in >= 8 && s.c_out >= 8 && s.h >= 8 && s.w >= 8
 }
 
 /// Tiles along each axis: outputs are covered by 2x2 blocks, the last one cut at an odd edge.
