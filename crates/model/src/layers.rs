@@ -93,14 +93,18 @@ pub fn device_conv(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    let c_out = w.dim(0)?;
     let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
     let y = if x.track_op() || w.track_op() {
         x.apply_op3(w, &y, ConvGrads { padding })?
     } else {
         y
     };
-    let y = y.broadcast_add(&b.reshape((1, c_out, 1, 1))?)?;
+    bias_relu(y, b, relu)
+}
+
+/// `relu?(y + b)` with `b` added per channel, from candle's ops.
+fn bias_relu(y: Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
     Ok(if relu { y.relu()? } else { y })
 }
 
@@ -169,11 +173,7 @@ pub fn reference_conv(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    let c_out = w.dim(0)?;
-    let y = x
-        .conv2d(w, padding, 1, 1, 1)?
-        .broadcast_add(&b.reshape((1, c_out, 1, 1))?)?;
-    Ok(if relu { y.relu()? } else { y })
+    bias_relu(x.conv2d(w, padding, 1, 1, 1)?, b, relu)
 }
 
 /// `relu?(conv2d(x, w, same padding) + b)` as one op with a backward made of forward convolutions.

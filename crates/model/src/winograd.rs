@@ -151,6 +151,27 @@ fn lanes<T: Float, const M: usize, const K: usize, const N: usize>(
     out
 }
 
+/// `f` along the rows of 4x4 tiles (16 lanes arrays, row-major), then along their columns:
+/// `out[i][j]` for `i, j < K`, the separable 2-D transform `F d Fᵀ` of each tile.
+#[inline(always)]
+fn tile_2d<T: Float, const K: usize, const N: usize>(
+    f: impl Fn([T; 4]) -> [T; K] + Copy,
+    x: &[[T; N]; 16],
+) -> [[[T; N]; K]; K] {
+    let mut r = [[[T::ZERO; N]; K]; 4];
+    for i in 0..4 {
+        r[i] = lanes(f, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
+    }
+    let mut out = [[[T::ZERO; N]; K]; K];
+    for j in 0..K {
+        let col = lanes(f, [r[0][j], r[1][j], r[2][j], r[3][j]]);
+        for i in 0..K {
+            out[i][j] = col[i];
+        }
+    }
+    out
+}
+
 /// Defines `fn $name` that runs `$body` with 8 or 4 lanes (see [`L`]), compiled for AVX2 where
 /// the CPU has it so that the lanes are one register wide. `$body` and everything it calls are
 /// `#[inline(always)]`, so that they are compiled into the AVX2 copy.
@@ -294,20 +315,13 @@ fn transform_input_body<T: Float, const N: usize>(
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
                     // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
-                    let mut d = [[[T::ZERO; N]; 4]; 4];
+                    let mut d = [[T::ZERO; N]; 16];
                     for i in 0..4 {
-                        d[i] = tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0);
+                        let cols = tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0);
+                        d[4 * i..4 * i + 4].copy_from_slice(&cols);
                     }
-                    // Bᵀ down the columns, then B along the rows.
-                    let mut e = [[[T::ZERO; N]; 4]; 4];
-                    for j in 0..4 {
-                        let col = lanes(bt, [d[0][j], d[1][j], d[2][j], d[3][j]]);
-                        for i in 0..4 {
-                            e[i][j] = col[i];
-                        }
-                    }
-                    for (i, row) in e.into_iter().enumerate() {
-                        for (j, val) in lanes(bt, row).iter().enumerate() {
+                    for (i, row) in tile_2d(bt, &d).iter().enumerate() {
+                        for (j, val) in row.iter().enumerate() {
                             store(v, (i * 4 + j) * stride + base + k0, n, val);
                         }
                     }
@@ -347,14 +361,7 @@ fn transform_output_body<T: Float, const N: usize>(
                     for i in 0..16 {
                         x[i] = load(m, i * tp + base + k0, n);
                     }
-                    let mut r = [[[T::ZERO; N]; 2]; 4];
-                    for i in 0..4 {
-                        r[i] = lanes(at, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
-                    }
-                    let mut cols = [[[T::ZERO; N]; 2]; 2];
-                    for c in 0..2 {
-                        cols[c] = lanes(at, [r[0][c], r[1][c], r[2][c], r[3][c]]);
-                    }
+                    let tile = tile_2d(at, &x);
                     let x0 = 2 * k0;
                     let len = (2 * n).min(s.w - x0);
                     for row in 0..2 {
@@ -365,7 +372,7 @@ fn transform_output_body<T: Float, const N: usize>(
                         let mut il = [T::ZERO; 2 * L];
                         for l in 0..N {
                             for c in 0..2 {
-                                let v = cols[c][row][l] + bo;
+                                let v = tile[row][c][l] + bo;
                                 // NaN maps to zero, as in the im2col path.
                                 let positive = v > T::ZERO;
                                 il[2 * l + c] = if relu && !positive { T::ZERO } else { v };
@@ -501,26 +508,19 @@ fn transform_input_grad_body<T: Float, const N: usize>(
                     for i in 0..16 {
                         x[i] = load(dv, i * vp + base + k0, n);
                     }
-                    let mut r = [[[T::ZERO; N]; 4]; 4];
-                    for i in 0..4 {
-                        r[i] = lanes(b, [x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
-                    }
-                    let mut cols = [[[T::ZERO; N]; 4]; 4];
-                    for j in 0..4 {
-                        cols[j] = lanes(b, [r[0][j], r[1][j], r[2][j], r[3][j]]);
-                    }
+                    let dd = tile_2d(b, &x);
                     for i in 0..4 {
                         let at_ = (2 * ty + i) * pw + 2 * k0;
                         let row = &mut pad[at_..at_ + 2 * N + 2];
                         // Tile k covers columns 2k .. 2k + 4: two passes, so that no pass
                         // writes a column twice.
                         for l in 0..N {
-                            row[2 * l] += cols[0][i][l];
-                            row[2 * l + 1] += cols[1][i][l];
+                            row[2 * l] += dd[i][0][l];
+                            row[2 * l + 1] += dd[i][1][l];
                         }
                         for l in 0..N {
-                            row[2 * l + 2] += cols[2][i][l];
-                            row[2 * l + 3] += cols[3][i][l];
+                            row[2 * l + 2] += dd[i][2][l];
+                            row[2 * l + 3] += dd[i][3][l];
                         }
                     }
                 }

@@ -40,31 +40,40 @@ fn fused_conv_matches_candle_conv() {
                 relu,
             )
             .unwrap();
-            assert!(max_rel(&ours, &theirs) < tol, "forward");
-            let g1 = (ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for t in [
+            let inputs = [
                 x.as_tensor(),
                 conv.weight.as_tensor(),
                 conv.bias.as_tensor(),
-            ] {
-                let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
-                assert!(
-                    e < tol,
-                    "gradient error {e} (k={kernel}, relu={relu}, {dtype:?})"
-                );
-            }
+            ];
+            let what = format!("k={kernel}, relu={relu}, {dtype:?}");
+            assert_same_conv(&ours, &theirs, &upstream, inputs, tol, &what);
         }
+    }
+}
+
+/// Asserts that two convolutions of the same inputs agree to `tol` (relative), in their outputs
+/// and in the gradients of `sum(output * upstream)` with respect to each input.
+fn assert_same_conv(
+    ours: &Tensor,
+    theirs: &Tensor,
+    upstream: &Tensor,
+    inputs: [&Tensor; 3],
+    tol: f64,
+    what: &str,
+) {
+    assert!(max_rel(ours, theirs) < tol, "forward ({what})");
+    let grads = |y: &Tensor| {
+        (y * upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let (g1, g2) = (grads(ours), grads(theirs));
+    for (name, t) in ["x", "w", "b"].into_iter().zip(inputs) {
+        let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
+        assert!(e < tol, "gradient of {name}: error {e} ({what})");
     }
 }
 
@@ -85,23 +94,8 @@ fn device_conv_matches_candle_conv() {
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
         let ours = device_conv(xt, wt, bt, k / 2, relu).unwrap();
         let theirs = reference_conv(xt, wt, bt, k / 2, relu).unwrap();
-        assert!(max_rel(&ours, &theirs) < 1e-12, "forward");
-        let g1 = (ours * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (theirs * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, t) in [("x", xt), ("w", wt), ("b", bt)] {
-            let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
-            assert!(e < 1e-12, "gradient of {name}: {e} (k={k}, relu={relu})");
-        }
+        let what = format!("k={k}, relu={relu}");
+        assert_same_conv(&ours, &theirs, &upstream, [xt, wt, bt], 1e-12, &what);
     }
 }
 
