@@ -61,6 +61,10 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        if REFERENCE_CONVS.get() {
+            let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+            return reference_conv(&x, w, b, self.kernel / 2, self.relu);
+        }
         if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
             let op = FusedConv {
                 padding: self.kernel / 2,
@@ -77,6 +81,23 @@ impl Conv2d {
             self.relu,
         )
     }
+}
+
+thread_local! {
+    static REFERENCE_CONVS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every [`Conv2d`] built from candle's own ops and backward ([`reference_conv`])
+/// on this thread: the reference that a whole network's step with our kernels is checked against.
+pub fn with_reference_convs<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REFERENCE_CONVS.set(self.0);
+        }
+    }
+    let _reset = Reset(REFERENCE_CONVS.replace(true));
+    f()
 }
 
 /// The convolution on devices other than the CPU (CUDA). candle's `conv2d` (cuDNN with the

@@ -248,6 +248,10 @@ fn max_pool_gradient_goes_whole_to_the_maximum() {
 /// differences of the (f64) network.
 #[test]
 fn seed_unet_gradients_match_finite_differences() {
+    // Width 4: every conv on im2col. (At width 8, where the Winograd kernels run, seed 11 puts
+    // a ReLU or pooling kink within the finite-difference step of one bias, with either kernel;
+    // the Winograd network is checked against candle's ops in
+    // `network_step_matches_the_reference_step`.)
     let cfg = SeedUnetConfig {
         base: 4,
         ..Default::default()
@@ -267,6 +271,43 @@ fn seed_unet_gradients_match_finite_differences() {
             .unwrap()
     };
     check_gradients(net.vars(), &loss, 1e-3);
+}
+
+/// A whole seed-unet and cond-unet step (forward, loss, every gradient) with our conv kernels
+/// (Winograd and im2col) against the same step with candle's conv and backward, in f32.
+#[test]
+fn network_step_matches_the_reference_step() {
+    use denoise_model::layers::with_reference_convs;
+    use denoise_model::{Model, ModelConfig};
+    for arch in ["seed-unet", "cond-unet"] {
+        let mut config = ModelConfig::from_arch(arch).unwrap();
+        match &mut config {
+            ModelConfig::SeedUnet(c) => c.base = 8,
+            ModelConfig::CondUnet(c) => c.base = 16,
+        }
+        let model = Model::new(&config, &Device::Cpu, 21).unwrap();
+        let x = rand(&[2, 3, 16, 16], 22)
+            .affine(0.5, 0.5)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let target = rand(&[2, 3, 16, 16], 23).to_dtype(DType::F32).unwrap();
+        let sigma = Tensor::new(&[0.1f32, 0.3], &Device::Cpu).unwrap();
+        let step = || {
+            let out = model.forward(&x, Some(&sigma), None).unwrap();
+            let loss = (out - &target).unwrap().sqr().unwrap().mean_all().unwrap();
+            let grads = loss.backward().unwrap();
+            (loss, grads)
+        };
+        let (l1, g1) = step();
+        let (l2, g2) = with_reference_convs(step);
+        assert!(max_rel(&l1, &l2) < 1e-5, "{arch}: loss");
+        for (name, var) in model.vars() {
+            let t = var.as_tensor();
+            let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(e < 1e-4, "{arch}: gradient of {name}: error {e}");
+        }
+    }
 }
 
 /// On ties the first maximum in scan order gets the gradient (PyTorch's rule), once.
