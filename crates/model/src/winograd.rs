@@ -29,8 +29,9 @@ const TILES_PER_GROUP: usize = 512;
 
 /// Whether a convolution of this shape goes through Winograd: 3x3 kernels with enough channels
 /// for the gemms to pay (the 3-channel first layer stays on im2col) and planes of at least 8x8
-/// (on 4x4 planes the transforms cost more than the multiplications they save: measured with
-/// `conv_profile --raw`, 512->512 at 4x4 took 71 ms forward against im2col's 54).
+/// (on 4x4 planes the transforms eat what the fewer multiplications save: measured with
+/// `conv_profile --raw`, 512->512 at 4x4 took 62 / 118 ms forward / backward against im2col's
+/// 62 / 100).
 ///
 /// `DENOISE_CONV=im2col` in the environment turns Winograd off (to compare the two).
 pub fn applies(s: &ConvShape) -> bool {
