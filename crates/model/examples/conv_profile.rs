@@ -65,12 +65,14 @@ type Bwd = fn(
     &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>);
 
-/// The raw kernels on slices, without candle around them: Winograd (the default for these
-/// shapes) against im2col. Run with glibc's allocator tuned as `denoise` does:
+/// The raw kernels on slices, without candle around them: Winograd against im2col. Run with glibc's allocator tuned as `denoise` does:
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647`.
 #[allow(dead_code)]
 pub fn raw() {
-    use denoise_model::cpu_conv::{backward, backward_im2col, forward, forward_im2col, ConvShape};
+    use denoise_model::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
+    use denoise_model::winograd;
+    let im2col_bwd =
+        |s: &ConvShape, x: &[f32], w: &[f32], dy: &[f32]| backward_im2col(s, x, w, dy, None);
     // `--raw 8` runs only the 8x8 layer.
     let only: Option<usize> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     for (c_in, c_out, hw) in [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)] {
@@ -96,8 +98,13 @@ pub fn raw() {
             .map(|i| (i % 3) as f32 * 0.1)
             .collect();
         for (name, fwd, bwd) in [
-            ("winograd", forward::<f32> as Fwd, backward::<f32> as Bwd),
-            ("im2col", forward_im2col::<f32>, backward_im2col::<f32>),
+            // Winograd on every shape here, including the 4x4 one that `denoise` runs by im2col.
+            (
+                "winograd",
+                winograd::forward::<f32> as Fwd,
+                winograd::backward::<f32> as Bwd,
+            ),
+            ("im2col", forward_im2col::<f32>, im2col_bwd),
         ] {
             // Best of three, after one warm-up.
             let (mut tf, mut tb) = (f64::MAX, f64::MAX);

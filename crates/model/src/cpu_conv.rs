@@ -259,13 +259,20 @@ pub fn forward_im2col<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: 
     out
 }
 
-/// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by the ReLU).
+/// Gradients `(dx, dw, db)` from the output gradient `dy`. Where `relu_out` (the forward's output
+/// after its ReLU) is given, the gradient passes only where it is positive (PyTorch's rule).
 /// 3x3 kernels with enough channels go through [`crate::winograd`] instead.
-pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+pub fn backward<T: Float>(
+    s: &ConvShape,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    relu_out: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     if winograd::applies(s) {
-        return winograd::backward(s, x, w, dy);
+        return winograd::backward_with(s, x, &winograd::transform_kernels(s, w), dy, relu_out);
     }
-    backward_im2col(s, x, w, dy)
+    backward_im2col(s, x, w, dy, relu_out)
 }
 
 /// [`backward`] by im2col + gemm, for every kernel size.
@@ -274,6 +281,7 @@ pub fn backward_im2col<T: Float>(
     x: &[T],
     w: &[T],
     dy: &[T],
+    relu_out: Option<&[T]>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
     let g = s.group();
@@ -284,15 +292,24 @@ pub fn backward_im2col<T: Float>(
     let run = |(gi, dx_chunk): (usize, &mut [T])| -> (Vec<T>, Vec<T>) {
         let n0 = gi * g;
         let gn = g.min(s.n - n0);
-        // The group's output gradient as (c_out, gn p).
+        // The group's output gradient as (c_out, gn p), masked by the ReLU.
         let mut gy = vec![T::ZERO; co * gn * p];
         let mut db = vec![T::ZERO; co];
         for img in 0..gn {
             for o in 0..co {
-                let src = &dy[((n0 + img) * co + o) * p..((n0 + img) * co + o + 1) * p];
-                gy[o * gn * p + img * p..o * gn * p + (img + 1) * p].copy_from_slice(src);
+                let plane = ((n0 + img) * co + o) * p..((n0 + img) * co + o + 1) * p;
+                let dst = &mut gy[o * gn * p + img * p..o * gn * p + (img + 1) * p];
+                dst.copy_from_slice(&dy[plane.clone()]);
+                if let Some(out) = relu_out {
+                    for (d, r) in dst.iter_mut().zip(&out[plane]) {
+                        let positive = *r > T::ZERO;
+                        if !positive {
+                            *d = T::ZERO;
+                        }
+                    }
+                }
                 let mut acc = T::ZERO;
-                for v in src {
+                for v in dst.iter() {
                     acc += *v;
                 }
                 db[o] += acc;

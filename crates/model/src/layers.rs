@@ -4,23 +4,23 @@
 //! - `max_pool2d`'s backward passes a quarter of the gradient where a 2x2 window has one
 //!   maximum: [`max_pool2x2`] is built from a reshape and two `max` reductions instead, whose
 //!   backward routes the whole gradient to the maximum.
-//! - the CPU `conv_transpose2d` is a slow direct loop, and candle's conv2d backward runs the input
-//!   gradient through it: [`Conv2d`] on the CPU is a custom op running our own im2col + gemm
-//!   kernels ([`crate::cpu_conv`]) forward and backward, with bias and ReLU fused;
+//! - the CPU `conv_transpose2d` is a slow direct loop (on CUDA a naive kernel), and candle's
+//!   conv2d backward runs the input gradient through it: [`Conv2d`] on the CPU is a custom op
+//!   running our own kernels forward and backward, with bias and ReLU fused (Winograd for 3x3
+//!   layers from 8x8, [`crate::winograd`]; im2col + gemm otherwise, [`crate::cpu_conv`]); on
+//!   other devices [`device_conv`] makes both gradients from forward convolutions;
 //!   [`ConvTranspose2x2`] is a single matrix product.
-
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Mutex;
 
-use candle_core::Storage;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, Var};
+use rand::Rng;
 
 use crate::cpu_conv::{self, ConvShape, Float};
 use crate::winograd;
-use rand::Rng;
 
 use crate::params::{ParamStore, Rng64};
 use crate::Result;
@@ -252,7 +252,7 @@ impl FusedConv {
 
     fn forward<T: Float>(&self, s: &ConvShape, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         if !winograd::applies(s) {
-            return cpu_conv::forward(s, x, w, b, self.relu);
+            return cpu_conv::forward_im2col(s, x, w, b, self.relu);
         }
         let u = winograd::transform_kernels(s, w);
         let y = winograd::forward_with(s, x, &u, b, self.relu);
@@ -278,25 +278,17 @@ impl FusedConv {
         let wv = values::<T>(&ws, wl, w)?;
         let dy = values::<T>(&gs, gl, grad)?;
         let out = values::<T>(&rs, rl, res)?;
+        // PyTorch's rule: the gradient passes where the output is positive.
+        let relu_out = self.relu.then_some(&out[..]);
         let (dx, dw, db) = if winograd::applies(&s) {
             let cached = self.kernels.lock().ok().and_then(|mut k| k.take());
             let u = match cached.map(|k| k.downcast::<Vec<T>>()) {
                 Some(Ok(u)) => *u,
                 _ => winograd::transform_kernels(&s, &wv),
             };
-            let relu_out = self.relu.then_some(&out[..]);
             winograd::backward_with(&s, &xv, &u, &dy, relu_out)
         } else {
-            let mut dy = dy.into_owned();
-            if self.relu {
-                // PyTorch's rule: the gradient passes where the output is positive.
-                for (d, r) in dy.iter_mut().zip(out.iter()) {
-                    if r.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) {
-                        *d = T::ZERO;
-                    }
-                }
-            }
-            cpu_conv::backward(&s, &xv, &wv, &dy)
+            cpu_conv::backward_im2col(&s, &xv, &wv, &dy, relu_out)
         };
         let dev = x.device();
         Ok((

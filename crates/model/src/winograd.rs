@@ -29,9 +29,10 @@ const TILES_PER_GROUP: usize = 512;
 
 /// Whether a convolution of this shape goes through Winograd: 3x3 kernels with enough channels
 /// for the gemms to pay (the 3-channel first layer stays on im2col) and planes of at least 8x8
-/// (on 4x4 planes the transforms eat what the fewer multiplications save: measured with
-/// `conv_profile --raw`, 512->512 at 4x4 took 62 / 118 ms forward / backward against im2col's
-/// 62 / 100).
+/// (4x4 planes were left on im2col when the transforms still ran 8 lanes on 2-tile-wide rows,
+/// where Winograd was slower: `conv_profile --raw`, 512->512 at 4x4, 71 ms forward against 54;
+/// with 4 lanes it measured about even to 15 % faster, within this machine's noise, and is not
+/// yet switched on).
 ///
 /// `DENOISE_CONV=im2col` in the environment turns Winograd off (to compare the two).
 pub fn applies(s: &ConvShape) -> bool {
@@ -120,6 +121,22 @@ fn load<T: Float, const N: usize>(src: &[T], at: usize, n: usize) -> [T; N] {
         }
     }
     a
+}
+
+/// Lanes `k0 .. k0 + n` of the 16 matrices of a transformed layout (`stride` apart) at offset
+/// `at`: one tile per lane, its 16 values row-major.
+#[inline(always)]
+fn load_tiles<T: Float, const N: usize>(
+    src: &[T],
+    stride: usize,
+    at: usize,
+    n: usize,
+) -> [[T; N]; 16] {
+    let mut x = [[T::ZERO; N]; 16];
+    for i in 0..16 {
+        x[i] = load(src, i * stride + at, n);
+    }
+    x
 }
 
 /// The first `n <= N` lanes into `dst[at..]`.
@@ -358,11 +375,7 @@ fn transform_output_body<T: Float, const N: usize>(
                 let base = o * t + (img * th + ty) * tw;
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
-                    let mut x = [[T::ZERO; N]; 16];
-                    for i in 0..16 {
-                        x[i] = load(m, i * tp + base + k0, n);
-                    }
-                    let tile = tile_2d(at, &x);
+                    let tile = tile_2d(at, &load_tiles::<T, N>(m, tp, base + k0, n));
                     let x0 = 2 * k0;
                     let len = (2 * n).min(s.w - x0);
                     for row in 0..2 {
@@ -505,11 +518,7 @@ fn transform_input_grad_body<T: Float, const N: usize>(
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
                     // Lanes past `n` load as zeros and add nothing.
-                    let mut x = [[T::ZERO; N]; 16];
-                    for i in 0..16 {
-                        x[i] = load(dv, i * vp + base + k0, n);
-                    }
-                    let dd = tile_2d(b, &x);
+                    let dd = tile_2d(b, &load_tiles::<T, N>(dv, vp, base + k0, n));
                     for i in 0..4 {
                         let at_ = (2 * ty + i) * pw + 2 * k0;
                         let row = &mut pad[at_..at_ + 2 * N + 2];
@@ -688,8 +697,8 @@ fn backward_group<T: Float>(
     (du, db)
 }
 
-/// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by the ReLU); same
-/// contract as [`crate::cpu_conv::backward`].
+/// Gradients `(dx, dw, db)` from the output gradient `dy` (already masked by any ReLU), as
+/// [`crate::cpu_conv::backward_im2col`] with no `relu_out`.
 pub fn backward<T: Float>(s: &ConvShape, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
     backward_with(s, x, &transform_kernels(s, w), dy, None)
 }

@@ -150,7 +150,7 @@ fn winograd_matches_im2col() {
                 assert!(e < tol, "forward {s:?}: {e}");
             }
             let ours = winograd::backward(&s, &x, &k, &dy);
-            let theirs = backward_im2col(&s, &x, &k, &dy);
+            let theirs = backward_im2col(&s, &x, &k, &dy, None);
             for (name, a, b) in [
                 ("dx", &ours.0, &theirs.0),
                 ("dw", &ours.1, &theirs.1),
@@ -206,9 +206,9 @@ fn winograd_f32_error_is_close_to_im2col() {
         ours < 3.0 * base && ours < 1e-6,
         "forward: {ours:e} against im2col's {base:e}"
     );
-    let truth = backward_im2col(&s, &up(&x), &up(&w), &up(&dy));
+    let truth = backward_im2col(&s, &up(&x), &up(&w), &up(&dy), None);
     let ours = winograd::backward(&s, &x, &w, &dy);
-    let base = backward_im2col(&s, &x, &w, &dy);
+    let base = backward_im2col(&s, &x, &w, &dy, None);
     for (name, o, b, t) in [
         ("dx", &ours.0, &base.0, &truth.0),
         ("dw", &ours.1, &base.1, &truth.1),
