@@ -2,25 +2,41 @@
 # The GPU check of `denoise`, laid out by `cargo xtask gpu-bundle`. Run it on the GPU machine from
 # the bundle folder: `bash gpu-check.sh`. Everything lands in $OUT (default ./results), summed up
 # in $OUT/gpu-check.json. Needs: an NVIDIA driver, CUDA 13 libraries (PyTorch's nvidia-* packages
-# or a CUDA toolkit), python3 with PyTorch for the comparison.
+# or a CUDA toolkit; cuDNN 9 for denoise-cudnn), python3 with PyTorch for the comparison.
+#
+# Two builds come in the bundle: `denoise` (candle's convolutions, features cuda) and
+# `denoise-cudnn` (all three convolution passes through cuDNN, features cudnn). Both are checked
+# and benchmarked; training, evaluation and sampling use denoise-cudnn where its selftest passes.
+#
+# A dry run without a GPU (to check this script): put CPU builds in place of both binaries and run
+# `DEVICE=cpu STEPS=4 BENCH_STEPS=1 EVAL_LIMIT=20 bash gpu-check.sh`.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
 OUT=${OUT:-$HERE/results}
 mkdir -p "$OUT"
 STEPS=${STEPS:-300}
+BENCH_STEPS=${BENCH_STEPS:-10}
+EVAL_LIMIT=${EVAL_LIMIT:-1000}
+DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-$HERE/work}   # checkpoints (large) go here, not to $OUT
 mkdir -p "$WORK"
 log() { echo "[$(date +%T)] $*"; }
 status() { echo "$1=$2" >> "$OUT/status.txt"; }
 : > "$OUT/status.txt"
 
-if [ ! -x ./denoise ]; then
-    gzip -dc denoise.gz > denoise && chmod +x denoise
-fi
+for b in denoise denoise-cudnn; do
+    if [ ! -x "./$b" ] && [ -f "$b.gz" ]; then
+        gzip -dc "$b.gz" > "$b" && chmod +x "$b"
+    fi
+done
 
 log "GPU"
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee "$OUT/gpu.txt"
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee "$OUT/gpu.txt"
+else
+    echo "no nvidia-smi (device $DEVICE)" | tee "$OUT/gpu.txt"
+fi
 
 log "library folders: PyTorch's nvidia-* packages and the CUDA toolkit"
 LIBDIRS=$(python3 - <<'PY'
@@ -42,14 +58,16 @@ PY
 )
 export LD_LIBRARY_PATH="$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "$LD_LIBRARY_PATH" | tr ':' '\n' > "$OUT/libdirs.txt"
-ldd ./denoise > "$OUT/ldd.txt" 2>&1
-if grep -q "not found" "$OUT/ldd.txt"; then
-    log "missing libraries:"; grep "not found" "$OUT/ldd.txt"
-    status ldd missing
-else
-    log "every library resolves"; status ldd ok
-fi
-grep -E "libcuda|libcublas|libcudart|libcurand|libnvrtc|libcudnn" "$OUT/ldd.txt"
+for b in denoise denoise-cudnn; do
+    ldd "./$b" > "$OUT/ldd-$b.txt" 2>&1
+    if grep -q "not found" "$OUT/ldd-$b.txt"; then
+        log "$b: missing libraries:"; grep "not found" "$OUT/ldd-$b.txt"
+        status "ldd-$b" missing
+    else
+        log "$b: every library resolves"; status "ldd-$b" ok
+    fi
+    grep -E "libcuda|libcublas|libcudart|libcurand|libnvrtc|libcudnn" "$OUT/ldd-$b.txt"
+done
 
 run() { # name, timeout seconds, command...
     local name=$1 t=$2; shift 2
@@ -65,20 +83,29 @@ run() { # name, timeout seconds, command...
 }
 : > "$OUT/durations.txt"
 
-run selftest 45 ./denoise selftest --device cuda --json "$OUT/selftest.json"
-run bench-seed-unet 75 ./denoise bench --arch seed-unet --device cuda --steps 10 --repeats 3 --json "$OUT/bench-seed-unet.json"
-run torch-bench 60 python3 seed_unet_bench.py --device cuda --steps 10 --repeats 3
+B="--steps $BENCH_STEPS --repeats 3"
+run selftest 45 ./denoise selftest --device "$DEVICE" --json "$OUT/selftest.json"
+run selftest-cudnn 45 ./denoise-cudnn selftest --device "$DEVICE" --json "$OUT/selftest-cudnn.json"
+BIN=./denoise
+if grep -q "^selftest-cudnn=0$" "$OUT/status.txt"; then BIN=./denoise-cudnn; fi
+status trained-with "$BIN"
+log "training, evaluation and sampling with $BIN"
+run bench-seed-unet 75 ./denoise bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet.json"
+run bench-seed-unet-cudnn 75 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet-cudnn.json"
+run torch-bench 60 python3 seed_unet_bench.py --device "$DEVICE" $B
 tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
-run torch-bench-tf32 45 python3 seed_unet_bench.py --device cuda --steps 10 --repeats 3 --tf32
+run torch-bench-tf32 45 python3 seed_unet_bench.py --device "$DEVICE" $B --tf32
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
-run train-seed-unet 120 ./denoise train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
-run eval-seed-unet 45 ./denoise eval --model "$WORK/seed-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --device cuda --json "$OUT/eval-seed-unet.json"
-run selftest-tf32 30 ./denoise selftest --device cuda --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
-run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device cuda --tf32 --steps 10 --repeats 3 --json "$OUT/bench-seed-unet-tf32.json"
-run bench-cond-unet 60 ./denoise bench --arch cond-unet --device cuda --steps 10 --repeats 3 --json "$OUT/bench-cond-unet.json"
-run train-cond-unet 120 ./denoise train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device cuda --log-every 50
-run eval-cond-unet 60 ./denoise eval --model "$WORK/cond-unet/best.safetensors" --data data --limit 1000 --sigmas 15,25,50 --estimate-sigma --device cuda --json "$OUT/eval-cond-unet.json"
-run sample-cond-unet 45 ./denoise generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device cuda
+run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run eval-seed-unet 45 $BIN eval --model "$WORK/seed-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-seed-unet.json"
+run selftest-tf32 30 ./denoise selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
+run selftest-cudnn-tf32 30 ./denoise-cudnn selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-cudnn-tf32.json"
+run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-tf32.json"
+run bench-seed-unet-cudnn-tf32 60 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-cudnn-tf32.json"
+run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json "$OUT/bench-cond-unet.json"
+run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
+run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
 
 for arch in seed-unet cond-unet; do
     mkdir -p "$OUT/$arch"
@@ -107,6 +134,8 @@ durations = dict(l.split() for l in open(os.path.join(out, "durations.txt")) if 
 ours = load("bench-seed-unet.json")
 torch_ = load("torch-bench.json")
 torch_tf32 = load("torch-bench-tf32.json")
+ours_cudnn = load("bench-seed-unet-cudnn.json")
+ours_cudnn_tf32 = load("bench-seed-unet-cudnn-tf32.json")
 def ratio(a, b, k):
     try:
         return a[k]["median"] / b[k]["median"]
@@ -119,15 +148,24 @@ summary = {
     "gpu": text("gpu.txt"),
     "status": status,
     "durations_s": durations,
-    "missing_libraries": [l.strip() for l in (text("ldd.txt") or "").splitlines() if "not found" in l],
+    "missing_libraries": {b: [l.strip() for l in (text(f"ldd-{b}.txt") or "").splitlines() if "not found" in l]
+                          for b in ["denoise", "denoise-cudnn"]},
     "selftest": load("selftest.json"),
+    "selftest_cudnn": load("selftest-cudnn.json"),
     "selftest_tf32": load("selftest-tf32.json"),
+    "selftest_cudnn_tf32": load("selftest-cudnn-tf32.json"),
     "bench": {"denoise": ours, "pytorch": torch_, "pytorch_tf32": torch_tf32,
               "train_ratio_vs_pytorch": ratio(ours, torch_, "train_img_per_s"),
               "infer_ratio_vs_pytorch": ratio(ours, torch_, "infer_img_per_s"),
               "denoise_tf32": load("bench-seed-unet-tf32.json"),
               "train_ratio_tf32_vs_pytorch_tf32": ratio(load("bench-seed-unet-tf32.json"), torch_tf32, "train_img_per_s"),
-              "infer_ratio_tf32_vs_pytorch_tf32": ratio(load("bench-seed-unet-tf32.json"), torch_tf32, "infer_img_per_s")},
+              "infer_ratio_tf32_vs_pytorch_tf32": ratio(load("bench-seed-unet-tf32.json"), torch_tf32, "infer_img_per_s"),
+              "denoise_cudnn": ours_cudnn,
+              "cudnn_train_ratio_vs_pytorch": ratio(ours_cudnn, torch_, "train_img_per_s"),
+              "cudnn_infer_ratio_vs_pytorch": ratio(ours_cudnn, torch_, "infer_img_per_s"),
+              "denoise_cudnn_tf32": ours_cudnn_tf32,
+              "cudnn_train_ratio_tf32_vs_pytorch_tf32": ratio(ours_cudnn_tf32, torch_tf32, "train_img_per_s"),
+              "cudnn_infer_ratio_tf32_vs_pytorch_tf32": ratio(ours_cudnn_tf32, torch_tf32, "infer_img_per_s")},
     "train_seed_unet": [json.loads(l) for l in (text("seed-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_seed_unet": load("eval-seed-unet.json"),
     "bench_cond_unet": load("bench-cond-unet.json"),
@@ -137,7 +175,11 @@ summary = {
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(summary, f, indent=1)
 print(json.dumps({k: summary[k] for k in ["gpu", "status", "missing_libraries"]}, indent=1))
-print("train ratio", summary["bench"]["train_ratio_vs_pytorch"], "infer ratio", summary["bench"]["infer_ratio_vs_pytorch"])
+b = summary["bench"]
+print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["infer_ratio_vs_pytorch"],
+      "denoise-cudnn", b["cudnn_train_ratio_vs_pytorch"], b["cudnn_infer_ratio_vs_pytorch"])
+print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
+      "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
 PY
 # Few files travel back best: gpu-check.json, and everything else in one archive.
 (cd "$OUT" && tar czf results.tar.gz --exclude gpu-check.json --exclude results.tar.gz --exclude samples.png . && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz ! -name samples.png -delete)

@@ -1,14 +1,16 @@
 //! `cargo xtask gpu-bundle`: a CUDA build of `denoise` made on a machine without a GPU, and a
 //! folder to carry to one.
 //!
-//! 1. CUDA 13.0 from PyPI wheels (nvcc, runtime, cuBLAS, cuRAND, NVRTC, CCCL, NVVM) in a venv under
-//!    the cache folder (once).
+//! 1. CUDA 13.0 from PyPI wheels (nvcc, runtime, cuBLAS, cuRAND, NVRTC, CCCL, NVVM, cuDNN 9) in a
+//!    venv under the cache folder (once; again when the list of wheels changes).
 //! 2. A CUDA_HOME laid out from the wheels: `bin`, `include`, `nvvm`, and `lib64` with the
 //!    unversioned names the linker wants; plus `stubs/libcuda.so`, a stub of the driver built
 //!    from cudarc's list of driver functions, used only to link (it never leaves this machine).
-//! 3. `cargo build --release -p denoise-cli --features cuda` for sm_90 into `target/cuda`.
-//! 4. `target/gpu-bundle/`: the binary (stripped, gzipped), `gpu-check.sh`, the PyTorch benchmark and a few MB of
-//!    CIFAR-10 images (`--data`, an image folder such as the extracted JPEG copy).
+//! 3. `cargo build --release -p denoise-cli` for sm_90 into `target/cuda`, twice: with `--features
+//!    cuda` (candle's convolutions) and with `--features cudnn` (all conv passes through cuDNN).
+//! 4. `target/gpu-bundle/`: both binaries (stripped, gzipped), `gpu-check.sh`, the PyTorch
+//!    benchmark and a few MB of CIFAR-10 images (`--data`, an image folder such as the extracted
+//!    JPEG copy).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +26,13 @@ const WHEELS: &[&str] = &[
     "nvidia-cublas==13.0.2.14",
     "nvidia-curand==10.4.0.35",
     "nvidia-cuda-nvrtc==13.0.88",
+    // The oldest cuDNN 9 for CUDA 13: linking against it keeps the binary to symbols that every
+    // later cuDNN 9 (PyTorch's, on the GPU machine) has.
+    "nvidia-cudnn-cu13==9.13.0.50",
 ];
+
+/// The two builds in the bundle: (file name, cargo features).
+const BUILDS: &[(&str, &str)] = &[("denoise", "cuda"), ("denoise-cudnn", "cudnn")];
 
 fn cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("DENOISE_CUDA_CACHE") {
@@ -49,21 +57,23 @@ fn run(c: &mut Command) -> Result<()> {
 fn toolkit(cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
     let marker = cache.join(".installed");
-    if !marker.exists() {
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(WHEELS.join("\n").as_str()) {
         eprintln!("xtask: installing CUDA 13.0 wheels into {}", venv.display());
         std::fs::create_dir_all(cache)?;
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        if !venv.join("bin/pip").exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
         run(Command::new(venv.join("bin/pip"))
             .args(["install", "--no-cache-dir"])
             .args(WHEELS))?;
         std::fs::write(&marker, WHEELS.join("\n"))?;
     }
-    let cu13 = std::fs::read_dir(venv.join("lib"))?
+    let nvidia = std::fs::read_dir(venv.join("lib"))?
         .flatten()
-        .map(|e| e.path().join("site-packages/nvidia/cu13"))
-        .find(|p| p.exists())
-        .context("the nvidia wheels did not create site-packages/nvidia/cu13")?;
-    Ok(cu13)
+        .map(|e| e.path().join("site-packages/nvidia"))
+        .find(|p| p.join("cu13").exists() && p.join("cudnn").exists())
+        .context("the nvidia wheels did not create site-packages/nvidia/{cu13,cudnn}")?;
+    Ok(nvidia)
 }
 
 fn cudarc_driver_functions() -> Result<Vec<String>> {
@@ -91,7 +101,8 @@ fn cudarc_driver_functions() -> Result<Vec<String>> {
     bail!("cudarc's sources are not in the cargo registry: run `cargo fetch` first")
 }
 
-fn cuda_home(cache: &Path, cu13: &Path) -> Result<PathBuf> {
+fn cuda_home(cache: &Path, nvidia: &Path) -> Result<PathBuf> {
+    let cu13 = nvidia.join("cu13");
     let home = cache.join("cuda-home");
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(home.join("lib64"))?;
@@ -99,7 +110,9 @@ fn cuda_home(cache: &Path, cu13: &Path) -> Result<PathBuf> {
     for d in ["bin", "include", "nvvm"] {
         std::os::unix::fs::symlink(cu13.join(d), home.join(d))?;
     }
-    for f in std::fs::read_dir(cu13.join("lib"))?.flatten() {
+    let libs =
+        std::fs::read_dir(cu13.join("lib"))?.chain(std::fs::read_dir(nvidia.join("cudnn/lib"))?);
+    for f in libs.flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
         if let Some(i) = name.find(".so") {
             std::os::unix::fs::symlink(f.path(), home.join("lib64").join(&name))?;
@@ -173,8 +186,8 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
     if !skip_build {
         let started = std::time::Instant::now();
         let cache = cache_dir();
-        let cu13 = toolkit(&cache)?;
-        let home = cuda_home(&cache, &cu13)?;
+        let nvidia = toolkit(&cache)?;
+        let home = cuda_home(&cache, &nvidia)?;
         let lib64 = home.join("lib64");
         let stubs = home.join("stubs");
         let path = format!(
@@ -182,63 +195,68 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
             home.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        eprintln!("xtask: building denoise with CUDA for sm_90 (the first build compiles candle's kernels: long)");
-        run(crate::cargo()
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "denoise-cli",
-                "--bin",
-                "denoise",
-                "--features",
-                "cuda",
-            ])
-            .env("CUDA_HOME", &home)
-            .env("CUDA_ROOT", &home)
-            .env("CUDA_PATH", &home)
-            .env("CUDA_COMPUTE_CAP", "90")
-            .env(
-                "CUDAFORGE_THREADS",
-                std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .to_string(),
-            )
-            .env("PATH", path)
-            .env(
-                "LIBRARY_PATH",
-                format!("{}:{}", lib64.display(), stubs.display()),
-            )
-            .env(
-                "RUSTFLAGS",
-                format!(
-                    "-L native={} -L native={}",
-                    lib64.display(),
-                    stubs.display()
-                ),
-            )
-            .env("CARGO_TARGET_DIR", &target))?;
+        for (name, features) in BUILDS {
+            eprintln!(
+                "xtask: building {name} (--features {features}) for sm_90 \
+                 (the first build compiles candle's kernels: long)"
+            );
+            run(crate::cargo()
+                .args(["build", "--release", "--package", "denoise-cli"])
+                .args(["--bin", "denoise", "--features", features])
+                .env("CUDA_HOME", &home)
+                .env("CUDA_ROOT", &home)
+                .env("CUDA_PATH", &home)
+                .env("CUDA_COMPUTE_CAP", "90")
+                .env(
+                    "CUDAFORGE_THREADS",
+                    std::thread::available_parallelism()
+                        .map_or(1, |n| n.get())
+                        .to_string(),
+                )
+                .env("PATH", &path)
+                .env(
+                    "LIBRARY_PATH",
+                    format!("{}:{}", lib64.display(), stubs.display()),
+                )
+                .env(
+                    "RUSTFLAGS",
+                    format!(
+                        "-L native={} -L native={}",
+                        lib64.display(),
+                        stubs.display()
+                    ),
+                )
+                .env("CARGO_TARGET_DIR", &target))?;
+            // Both builds write target/cuda/release/denoise: keep each under its own name.
+            std::fs::copy(&bin, target.join(name))?;
+        }
         eprintln!(
-            "xtask: CUDA build took {:.0} s",
+            "xtask: CUDA builds took {:.0} s",
             started.elapsed().as_secs_f64()
         );
-    }
-    if !bin.exists() {
-        bail!("{} does not exist: run without --skip-build", bin.display());
     }
     let bundle = root.join("target/gpu-bundle");
     let _ = std::fs::remove_dir_all(&bundle);
     std::fs::create_dir_all(&bundle)?;
-    // Stripped and gzipped: the embedded PTX is text and compresses about 4x.
-    let stripped = target.join("denoise.stripped");
-    std::fs::copy(&bin, &stripped)?;
-    let _ = Command::new("strip").arg(&stripped).status();
-    let mut gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(bundle.join("denoise.gz"))?,
-        flate2::Compression::default(),
-    );
-    std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
-    gz.finish()?;
+    for (name, _) in BUILDS {
+        let built = target.join(name);
+        if !built.exists() {
+            bail!(
+                "{} does not exist: run without --skip-build",
+                built.display()
+            );
+        }
+        // Stripped and gzipped: the embedded PTX is text and compresses about 4x.
+        let stripped = target.join(format!("{name}.stripped"));
+        std::fs::copy(&built, &stripped)?;
+        let _ = Command::new("strip").arg(&stripped).status();
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(bundle.join(format!("{name}.gz")))?,
+            flate2::Compression::default(),
+        );
+        std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
+        gz.finish()?;
+    }
     std::fs::copy(
         root.join("xtask/gpu/gpu-check.sh"),
         bundle.join("gpu-check.sh"),
@@ -255,13 +273,16 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
         .unwrap_or_default();
     std::fs::write(
         bundle.join("build-info.txt"),
-        format!("denoise {commit}, features cuda, sm_90, CUDA 13.0 wheels\n"),
+        format!(
+            "denoise {commit}, sm_90, CUDA 13.0 wheels; denoise: features cuda; \
+             denoise-cudnn: features cudnn (cuDNN 9.13 at link time)\n"
+        ),
     )?;
     let n_train = copy_subset(&data, &bundle.join("data"), "train", 500)?;
     let n_test = copy_subset(&data, &bundle.join("data"), "test", 100)?;
     let size = dir_size(&bundle)?;
     println!(
-        "gpu bundle: {} ({:.1} MiB: binary, gpu-check.sh, seed_unet_bench.py, {n_train} train and {n_test} test images)",
+        "gpu bundle: {} ({:.1} MiB: two binaries, gpu-check.sh, seed_unet_bench.py, {n_train} train and {n_test} test images)",
         bundle.display(),
         size as f64 / (1 << 20) as f64
     );

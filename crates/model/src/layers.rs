@@ -73,14 +73,19 @@ impl Conv2d {
             };
             return Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?);
         }
-        device_conv(
-            &x,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            self.kernel / 2,
-            self.relu,
-        )
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if cfg!(feature = "cudnn") && x.device().is_cuda() && use_cudnn() {
+            return cudnn_conv(&x, w, b, self.kernel / 2, self.relu);
+        }
+        device_conv(&x, w, b, self.kernel / 2, self.relu)
     }
+}
+
+/// Whether CUDA convolutions go through [`crate::cudnn_conv`] (builds with the `cudnn` feature,
+/// unless `DENOISE_CONV=candle` asks for [`device_conv`], to compare the two).
+fn use_cudnn() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| std::env::var("DENOISE_CONV").map_or(true, |v| v != "candle"))
 }
 
 thread_local! {
@@ -121,6 +126,18 @@ pub fn device_conv(
         y
     };
     bias_relu(y, b, relu)
+}
+
+/// The convolution through [`crate::cudnn_conv`] (cuDNN on CUDA; on the CPU, where it is tested,
+/// the im2col kernels), with bias and ReLU from candle's ops.
+pub fn cudnn_conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    bias_relu(crate::cudnn_conv::conv(x, w, padding)?, b, relu)
 }
 
 /// `relu?(y + b)` with `b` added per channel, from candle's ops.

@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod cond_unet;
 pub mod cpu_conv;
+pub mod cudnn_conv;
 pub mod layers;
 pub mod norm;
 pub mod params;

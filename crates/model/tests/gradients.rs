@@ -53,6 +53,8 @@ fn fused_conv_matches_candle_conv() {
 
 /// Asserts that two convolutions of the same inputs agree to `tol` (relative), in their outputs
 /// and in the gradients of `sum(output * upstream)` with respect to each input.
+type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize, bool) -> denoise_model::Result<Tensor>;
+
 fn assert_same_conv(
     ours: &Tensor,
     theirs: &Tensor,
@@ -77,24 +79,31 @@ fn assert_same_conv(
     }
 }
 
-/// The convolution used off the CPU (candle's forward conv for the output, forward convs for both
-/// gradients) against candle's own conv and backward, run here on the CPU.
+/// The two convolutions used off the CPU, run here on the CPU, against candle's own conv and
+/// backward: `device_conv` (candle's forward conv for the output, forward convs for both
+/// gradients) and `cudnn_conv` (three ops, one per pass, which on CUDA call cuDNN; checks that
+/// each gradient is wired to the right input with the right shape).
 #[test]
-fn device_conv_matches_candle_conv() {
-    use denoise_model::layers::device_conv;
-    for (n, k, relu, c_in, c_out, hw) in [
+fn device_convs_match_candle_conv() {
+    use denoise_model::layers::{cudnn_conv, device_conv};
+    let convs: [(&str, ConvFn); 2] = [("device_conv", device_conv), ("cudnn_conv", cudnn_conv)];
+    for ((n, k, relu, c_in, c_out, hw), (name, conv)) in [
         (2, 3, true, 3, 5, 8),
         (1, 1, false, 4, 2, 5),
         (3, 3, false, 6, 4, 7),
-    ] {
+        (2, 5, true, 2, 3, 6),
+    ]
+    .into_iter()
+    .flat_map(|case| convs.map(|c| (case, c)))
+    {
         let x = Var::from_tensor(&rand(&[n, c_in, hw, hw], 5)).unwrap();
         let w = Var::from_tensor(&rand(&[c_out, c_in, k, k], 6)).unwrap();
         let b = Var::from_tensor(&rand(&[c_out], 7)).unwrap();
         let upstream = rand(&[n, c_out, hw, hw], 8);
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-        let ours = device_conv(xt, wt, bt, k / 2, relu).unwrap();
+        let ours = conv(xt, wt, bt, k / 2, relu).unwrap();
         let theirs = reference_conv(xt, wt, bt, k / 2, relu).unwrap();
-        let what = format!("k={k}, relu={relu}");
+        let what = format!("{name}, k={k}, relu={relu}");
         assert_same_conv(&ours, &theirs, &upstream, [xt, wt, bt], 1e-12, &what);
     }
 }
