@@ -5,6 +5,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use crate::adam_ops::{Moment, Update};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,21 +55,55 @@ impl Adam {
     }
 
     /// One update from the gradients of a backward pass. Parameters without a gradient are
-    /// left alone (as PyTorch skips parameters whose `.grad` is `None`).
+    /// left alone (as PyTorch skips parameters whose `.grad` is `None`). Per parameter, three
+    /// in-place passes (first moment, second moment, parameter): custom ops on the CPU and,
+    /// with the `cuda` feature, CUDA kernels.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let (bc2_sqrt, step_size) = self.advance();
+        let c = self.config;
+        for (_, var, m, v) in self.state.iter_mut() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = g.contiguous()?;
+            let p = var.as_tensor();
+            let moment = |beta, square| Moment {
+                beta,
+                weight_decay: c.weight_decay,
+                square,
+            };
+            m.inplace_op3(&g, p, &moment(c.beta1, false))?;
+            v.inplace_op3(&g, p, &moment(c.beta2, true))?;
+            let update = Update {
+                step_size,
+                bc2_sqrt,
+                eps: c.eps,
+            };
+            p.inplace_op3(m, v, &update)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the step; `(sqrt(1 - beta2^t), lr / (1 - beta1^t))`.
+    fn advance(&mut self) -> (f64, f64) {
         self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.config.beta1.powi(t);
+        let bc2 = 1.0 - self.config.beta2.powi(t);
+        (bc2.sqrt(), self.config.lr / bc1)
+    }
+
+    /// [`Adam::step`] from candle's element-wise ops (a dozen kernels and temporaries per
+    /// parameter): the reference the fused step is tested against.
+    pub fn step_with_candle_ops(&mut self, grads: &GradStore) -> Result<()> {
+        let (bc2_sqrt, step_size) = self.advance();
         let AdamConfig {
-            lr,
             beta1,
             beta2,
             eps,
             weight_decay,
+            ..
         } = self.config;
-        let t = self.step as i32;
-        let bc1 = 1.0 - beta1.powi(t);
-        let bc2 = 1.0 - beta2.powi(t);
-        let step_size = lr / bc1;
-        let bc2_sqrt = bc2.sqrt();
         for (_, var, m, v) in self.state.iter_mut() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;

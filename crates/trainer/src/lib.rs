@@ -10,6 +10,7 @@
 //! progress bar.
 
 pub mod adam;
+mod adam_ops;
 pub mod bench;
 pub mod config;
 pub mod ema;

@@ -1,5 +1,5 @@
 //! Device self-test: the same network, batch and loss on the CPU and on another device, with
-//! outputs, loss and every parameter's gradient compared. It is how a GPU build checks its
+//! outputs, loss, every parameter's gradient and two optimizer steps compared. It is how a GPU build checks its
 //! kernels against the CPU reference on the machine where it runs.
 
 use candle_core::{DType, Device, Tensor};
@@ -7,7 +7,7 @@ use denoise_loss::MixLoss;
 use denoise_model::{CondUnetConfig, Model, ModelConfig, SeedUnetConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{Adam, AdamConfig, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
@@ -104,7 +104,7 @@ fn selftest_one(
     let l_d = loss.forward(&out_d, &clean.to_device(device)?)?;
     push("loss".into(), rel(&l_d, &l_c)?);
     let g_c = l_c.backward()?;
-    let g_d = l_d.backward()?;
+    let mut g_d = l_d.backward()?;
     for ((name, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
         let (Some(ga), Some(gb)) = (g_c.get(a.as_tensor()), g_d.get(b.as_tensor())) else {
             push(format!("grad {name} (missing)"), f64::INFINITY);
@@ -112,5 +112,24 @@ fn selftest_one(
         };
         push(format!("grad {name}"), rel(gb, ga)?);
     }
+
+    // Two Adam steps from the same (the CPU's) gradients on both devices: the optimizer's
+    // kernels against the CPU's.
+    for ((_, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
+        if let Some(ga) = g_c.get(a.as_tensor()) {
+            g_d.insert(b.as_tensor(), ga.to_device(device)?);
+        }
+    }
+    let mut adam_c = Adam::new(cpu.vars(), AdamConfig::default())?;
+    let mut adam_d = Adam::new(dev.vars(), AdamConfig::default())?;
+    for _ in 0..2 {
+        adam_c.step(&g_c)?;
+        adam_d.step(&g_d)?;
+    }
+    let mut worst = 0f64;
+    for ((_, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
+        worst = worst.max(rel(b.as_tensor(), a.as_tensor())?);
+    }
+    push("adam steps".into(), worst);
     Ok(checks)
 }
