@@ -1,5 +1,6 @@
 //! Where a training step's time goes on the CPU (batch 64): forward, loss, backward,
-//! optimizer. `cargo run --release -p denoise-trainer --example step_profile [-- cond-unet]`
+//! optimizer. `cargo run --release -p denoise-trainer --example step_profile [-- cond-unet]
+//! [--candle-adam]` (the optimizer step from candle's element-wise ops instead of the fused one).
 
 use std::time::Instant;
 
@@ -13,8 +14,12 @@ fn main() -> anyhow_free::Result {
         denoise_trainer::bench::tune_allocator();
     }
     let dev = Device::Cpu;
-    let arch = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let candle_adam = args.iter().any(|a| a == "--candle-adam");
+    let arch = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "seed-unet".into());
     let config = ModelConfig::from_arch(&arch).ok_or("unknown architecture")?;
     let model = Model::new(&config, &dev, 0)?;
@@ -34,7 +39,11 @@ fn main() -> anyhow_free::Result {
         let b = s.elapsed().as_secs_f64();
         let grads = loss.backward()?;
         let c = s.elapsed().as_secs_f64();
-        adam.step(&grads)?;
+        if candle_adam {
+            adam.step_with_candle_ops(&grads)?;
+        } else {
+            adam.step(&grads)?;
+        }
         let d = s.elapsed().as_secs_f64();
         if i > 0 {
             t[0] += a;
