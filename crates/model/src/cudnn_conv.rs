@@ -207,7 +207,7 @@ mod cuda {
         ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use candle_core::{CudaStorage, Error as E, Layout, WithDType};
 
@@ -216,6 +216,27 @@ mod cuda {
     thread_local! {
         /// cuDNN handles are neither `Send` nor `Sync`: one per thread and device.
         static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
+        /// The algorithm cuDNN's heuristics chose for each pass and shape (asked once, as
+        /// PyTorch does, rather than on every call).
+        static FWD: RefCell<HashMap<Key, sys::cudnnConvolutionFwdAlgo_t>> = RefCell::new(HashMap::new());
+        static DATA: RefCell<HashMap<Key, sys::cudnnConvolutionBwdDataAlgo_t>> = RefCell::new(HashMap::new());
+        static FILTER: RefCell<HashMap<Key, sys::cudnnConvolutionBwdFilterAlgo_t>> = RefCell::new(HashMap::new());
+    }
+
+    /// Device, shape `(n, c_in, c_out, h, w, k)`, padding, f64?, TF32 allowed?
+    type Key = (DeviceId, [usize; 6], usize, bool, bool);
+
+    fn cached<A: Copy + 'static>(
+        table: &'static std::thread::LocalKey<RefCell<HashMap<Key, A>>>,
+        key: Key,
+        pick: impl FnOnce() -> candle_core::Result<A>,
+    ) -> candle_core::Result<A> {
+        if let Some(a) = table.with(|t| t.borrow().get(&key).copied()) {
+            return Ok(a);
+        }
+        let a = pick()?;
+        table.with(|t| t.borrow_mut().insert(key, a));
+        Ok(a)
     }
 
     fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
@@ -262,11 +283,7 @@ mod cuda {
         l2: &Layout,
     ) -> candle_core::Result<CudaStorage>
     where
-        T: CudnnDataType
-            + DeviceRepr
-            + ValidAsZeroBits
-            + WithDType
-            + candle_core::cuda_backend::CudaDType,
+        T: CudnnDataType + DeviceRepr + WithDType + candle_core::cuda_backend::CudaDType,
     {
         let dev = s1.device().clone();
         let cudnn = handle(&dev)?;
@@ -294,7 +311,15 @@ mod cuda {
             .map_err(E::wrap)?;
         // cuDNN's default math lets f32 convolutions run in TF32 on Ampere and later; PyTorch asks
         // for FMA math unless TF32 is allowed, and so do we.
-        let math = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+        let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
+        let key: Key = (
+            dev.id(),
+            [s.n, s.c_in, s.c_out, s.h, s.w, s.k],
+            padding,
+            T::DTYPE == candle_core::DType::F64,
+            tf32,
+        );
+        let math = if tf32 {
             sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
@@ -302,8 +327,15 @@ mod cuda {
         conv.set_math_type(math).map_err(E::wrap)?;
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
         let stream = dev.cuda_stream();
+        // Uninitialised buffers: cuDNN writes every output element (beta = 0), and the
+        // workspace is scratch.
+        let alloc = |len: usize| -> candle_core::Result<CudaSlice<T>> {
+            // SAFETY: every element is written by the cuDNN call before anything reads it.
+            unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)
+        };
         let workspace = |bytes: usize| -> candle_core::Result<CudaSlice<u8>> {
-            stream.alloc_zeros::<u8>(bytes.max(1)).map_err(E::wrap)
+            // SAFETY: scratch space for cuDNN, never read by us.
+            unsafe { stream.alloc::<u8>(bytes.max(1)) }.map_err(E::wrap)
         };
         let out = match pass {
             Pass::Forward => {
@@ -313,11 +345,9 @@ mod cuda {
                     w: &w_d,
                     y: &y_d,
                 };
-                let algo = op.pick_algorithm().map_err(E::wrap)?;
+                let algo = cached(&FWD, key, || op.pick_algorithm().map_err(E::wrap))?;
                 let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
-                let mut y = stream
-                    .alloc_zeros::<T>(s.n * s.c_out * s.h * s.w)
-                    .map_err(E::wrap)?;
+                let mut y = alloc(s.n * s.c_out * s.h * s.w)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (w) and `y`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &b, &mut y) }
                     .map_err(E::wrap)?;
@@ -330,11 +360,9 @@ mod cuda {
                     w: &w_d,
                     dy: &y_d,
                 };
-                let algo = op.pick_algorithm().map_err(E::wrap)?;
+                let algo = cached(&DATA, key, || op.pick_algorithm().map_err(E::wrap))?;
                 let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
-                let mut dx = stream
-                    .alloc_zeros::<T>(s.n * s.c_in * s.h * s.w)
-                    .map_err(E::wrap)?;
+                let mut dx = alloc(s.n * s.c_in * s.h * s.w)?;
                 // SAFETY: the descriptors describe `a` (dy), `b` (w) and `dx`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &mut dx, &b, &a) }
                     .map_err(E::wrap)?;
@@ -347,11 +375,9 @@ mod cuda {
                     dw: &w_d,
                     dy: &y_d,
                 };
-                let algo = op.pick_algorithm().map_err(E::wrap)?;
+                let algo = cached(&FILTER, key, || op.pick_algorithm().map_err(E::wrap))?;
                 let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
-                let mut dw = stream
-                    .alloc_zeros::<T>(s.c_out * s.c_in * s.k * s.k)
-                    .map_err(E::wrap)?;
+                let mut dw = alloc(s.c_out * s.c_in * s.k * s.k)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (dy) and `dw`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &mut dw, &b) }
                     .map_err(E::wrap)?;

@@ -512,12 +512,17 @@ impl candle_core::CustomOp1 for MaxPool2x2 {
     }
 }
 
-/// Inverted dropout with a mask drawn from the caller's seeded generator; identity when
-/// `rng` is `None` (evaluation) or `p == 0`.
+/// Inverted dropout; identity when `rng` is `None` (evaluation) or `p == 0`. On the CPU the mask
+/// is drawn from the caller's seeded generator. On other devices it is drawn there (candle's
+/// uniform generator, cuRAND on CUDA, seeded by `Device::set_seed`): drawing millions of numbers
+/// on the CPU and copying them over each step would leave a GPU waiting.
 pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng64>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     if p <= 0.0 {
         return Ok(x.clone());
+    }
+    if !x.device().is_cpu() {
+        return device_dropout(x, p);
     }
     let scale = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = (0..x.elem_count())
@@ -527,6 +532,14 @@ pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng64>) -> Result<Tensor> {
         .to_device(x.device())?
         .to_dtype(x.dtype())?;
     Ok((x * mask)?)
+}
+
+/// [`dropout`] with the mask drawn on `x`'s device by candle's generator.
+fn device_dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    // Uniform in [0, 1) (cuRAND: (0, 1]); kept where u >= p, with probability 1 - p.
+    let u = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+    let keep = u.ge(p)?.to_dtype(x.dtype())?;
+    Ok((x * (keep * (1.0 / (1.0 - p)))?)?)
 }
 
 /// The layers plug into candle-nn's module system (`Sequential`, `Module::forward`, ...).
@@ -539,5 +552,27 @@ impl candle_nn::Module for Conv2d {
 impl candle_nn::Module for ConvTranspose2x2 {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         ConvTranspose2x2::forward(self, xs).map_err(candle_core::Error::wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device path of dropout, run on the CPU: every value either dropped or scaled by
+    /// 1 / (1 - p), about a fraction p dropped, the same on f64.
+    #[test]
+    fn device_dropout_drops_a_fraction_p_and_rescales() {
+        for (dtype, p) in [(DType::F32, 0.2), (DType::F64, 0.5)] {
+            let x = Tensor::ones((4, 8, 32, 32), dtype, &Device::Cpu).unwrap();
+            let y = device_dropout(&x, p).unwrap();
+            assert_eq!(y.dtype(), dtype);
+            let v = y.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+            let v = v.to_vec1::<f64>().unwrap();
+            let scale = 1.0 / (1.0 - p);
+            assert!(v.iter().all(|&a| a == 0.0 || (a - scale).abs() < 1e-6));
+            let dropped = v.iter().filter(|&&a| a == 0.0).count() as f64 / v.len() as f64;
+            assert!((dropped - p).abs() < 0.02, "dropped {dropped}, p {p}");
+        }
     }
 }

@@ -328,6 +328,11 @@ pub fn train(
         };
         (model, ema, adam, state)
     };
+    if !device.is_cpu() {
+        // Dropout masks off the CPU come from the device's generator (see
+        // `denoise_model::layers::dropout`): seeded from the run's seed and the step reached.
+        device.set_seed(config.seed.wrapping_add(state.global_step))?;
+    }
     tracing::info!(
         "{}: {} parameters on {:?}",
         config.arch,
