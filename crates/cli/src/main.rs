@@ -323,17 +323,50 @@ fn pick_device(d: DeviceArg) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("--device cuda: this build of denoise has no CUDA support; rebuild with `--features cuda` (see docs/gpu.md)");
             }
-            Device::new_cuda(0).context("--device cuda: no usable CUDA GPU")
+            new_cuda().context("--device cuda: no usable CUDA GPU")
         }
         DeviceArg::Auto => {
             if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
+                if let Ok(d) = new_cuda() {
                     return Ok(d);
                 }
             }
             Ok(Device::Cpu)
         }
     }
+}
+
+/// The first CUDA GPU, set up for many small allocations (what candle's ops make):
+/// - without cudarc's per-buffer event tracking: candle runs everything on one stream per
+///   thread, where cudarc never waits on those events, but with tracking on it still creates
+///   and destroys two CUDA events for every buffer;
+/// - with the memory pool behind `cuMemAllocAsync` keeping what it has (by default it hands
+///   its memory back to the driver at every synchronisation, and the next step maps it again),
+///   as PyTorch's caching allocator does.
+fn new_cuda() -> candle_core::Result<Device> {
+    let device = Device::new_cuda(0)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = &device {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: no buffer is shared between streams: every op runs on the thread's stream.
+        unsafe { cuda.disable_event_tracking() };
+        let stream = cuda.cuda_stream();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut keep_all = u64::MAX;
+        // SAFETY: plain driver calls on a valid device; the attribute takes a u64.
+        unsafe {
+            let got = sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device());
+            if got == sys::CUresult::CUDA_SUCCESS {
+                let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+                let set =
+                    sys::cuMemPoolSetAttribute(pool, attr, (&mut keep_all as *mut u64).cast());
+                if set != sys::CUresult::CUDA_SUCCESS {
+                    tracing::warn!("could not keep the CUDA memory pool's memory ({set:?})");
+                }
+            }
+        }
+    }
+    Ok(device)
 }
 
 fn data_options(args: &DataArgs) -> LoadOptions {
