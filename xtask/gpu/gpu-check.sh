@@ -182,5 +182,8 @@ print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
 PY
 # Few files travel back best: gpu-check.json, and everything else in one archive.
-(cd "$OUT" && tar czf results.tar.gz --exclude gpu-check.json --exclude results.tar.gz --exclude samples.png . && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz ! -name samples.png -delete)
+# (The archive is written outside $OUT first: tar fails on a folder that changes as it reads it.)
+(cd "$OUT" && tar czf "$WORK/results.tar.gz" --exclude gpu-check.json --exclude samples.png . \
+    && mv "$WORK/results.tar.gz" . \
+    && find . -mindepth 1 ! -name gpu-check.json ! -name results.tar.gz ! -name samples.png -delete)
 log "done: $OUT/gpu-check.json (logs in $OUT/results.tar.gz)"

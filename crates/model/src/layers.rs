@@ -125,11 +125,11 @@ pub fn device_conv(
     } else {
         y
     };
-    bias_relu(y, b, relu)
+    crate::bias_act::bias_act(&y, b, relu)
 }
 
 /// The convolution through [`crate::cudnn_conv`] (cuDNN on CUDA; on the CPU, where it is tested,
-/// the im2col kernels), with bias and ReLU from candle's ops.
+/// the im2col kernels), then bias and ReLU ([`crate::bias_act`]).
 pub fn cudnn_conv(
     x: &Tensor,
     w: &Tensor,
@@ -137,7 +137,7 @@ pub fn cudnn_conv(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    bias_relu(crate::cudnn_conv::conv(x, w, padding)?, b, relu)
+    crate::bias_act::bias_act(&crate::cudnn_conv::conv(x, w, padding)?, b, relu)
 }
 
 /// `relu?(y + b)` with `b` added per channel, from candle's ops.

@@ -9,9 +9,12 @@
 //! of datasets, losses or optimisers; the trainer stores its own state in the same checkpoint
 //! files through [`checkpoint`].
 
+pub mod bias_act;
 pub mod checkpoint;
 pub mod cond_unet;
 pub mod cpu_conv;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod cudnn_conv;
 pub mod layers;
 pub mod norm;

@@ -1,6 +1,6 @@
 //! Adam's update as in-place custom ops: per parameter tensor one pass for each moment and one
 //! for the parameter, with no temporaries. On the CPU the loops below; on CUDA (feature `cuda`)
-//! the kernels of `kernels/adam.cu`, compiled to PTX by `build.rs`, with the same arithmetic in
+//! the kernels of `denoise-model`'s `kernels/adam.cu` (`denoise_model::cuda_kernels::ADAM`), with the same arithmetic in
 //! the same order. `Adam::step_with_candle_ops` is the same update from candle's element-wise
 //! ops, the reference both are tested against.
 
@@ -176,13 +176,12 @@ impl InplaceOp3 for Update {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaStorage, DType, Layout};
+    use denoise_model::cuda_kernels::{elementwise, function, ADAM};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adam.ptx"));
-
-    /// Launches `{name}_{float,double}(n, dst, a, b, scalars..., [square])` over the operands.
+    /// Launches `{name}_{float,double}(n, dst, a, b, scalars..., [flag])` over the operands.
     pub(super) fn launch<const K: usize>(
         name: &str,
         dst: &mut CudaStorage,
@@ -192,23 +191,14 @@ mod cuda {
         flag: Option<bool>,
     ) -> candle_core::Result<()> {
         match dst.dtype() {
-            DType::F32 => typed::<f32, K>(
-                name,
-                "float",
-                dst,
-                dl,
-                srcs,
-                scalars.map(|s| s as f32),
-                flag,
-            ),
-            DType::F64 => typed::<f64, K>(name, "double", dst, dl, srcs, scalars, flag),
+            DType::F32 => typed(name, dst, dl, srcs, scalars.map(|s| s as f32), flag),
+            DType::F64 => typed(name, dst, dl, srcs, scalars, flag),
             dt => candle_core::bail!("adam: CUDA kernels for f32 and f64, not {dt:?}"),
         }
     }
 
-    fn typed<T: CudaDType + DeviceRepr, const K: usize>(
+    fn typed<T: CudaDType + DeviceRepr + candle_core::WithDType, const K: usize>(
         name: &str,
-        suffix: &str,
         dst: &mut CudaStorage,
         dl: &Layout,
         [(a, al), (b, bl)]: [(&CudaStorage, &Layout); 2],
@@ -222,12 +212,13 @@ mod cuda {
             }
         }
         let dev = dst.device().clone();
-        let func = dev.get_or_load_custom_func(&format!("{name}_{suffix}"), "denoise_adam", PTX)?;
+        let func = function(&dev, "denoise_adam", ADAM, name, T::DTYPE)?;
         let a = a.as_cuda_slice::<T>()?.slice(al.start_offset()..);
         let b = b.as_cuda_slice::<T>()?.slice(bl.start_offset()..);
         let mut d = dst.as_cuda_slice_mut::<T>()?.slice_mut(dl.start_offset()..);
         let flag = flag.map(i32::from);
-        let mut builder = func.builder();
+        let stream = dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
         builder.arg(&n);
         builder.arg(&mut d);
         builder.arg(&a);
@@ -238,15 +229,9 @@ mod cuda {
         if let Some(f) = &flag {
             builder.arg(f);
         }
-        let blocks = n.div_ceil(256).min(65_535) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks.max(1), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the kernel's parameters are (size_t n, T* dst, const T* a, const T* b, T
         // scalars..., [int flag]) and every buffer holds n elements.
-        unsafe { builder.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+        unsafe { builder.launch(elementwise(n)) }.map_err(candle_core::Error::wrap)?;
         Ok(())
     }
 }

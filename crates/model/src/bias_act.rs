@@ -1,0 +1,295 @@
+//! A convolution's bias and optional ReLU as one op: `relu?(y + b[c])`, forward and backward.
+//!
+//! From candle's ops this is a broadcast add and a ReLU forward, and backward a mask, products,
+//! temporaries and reductions for the bias gradient: a dozen kernel launches on a GPU for one
+//! layer. Here it is one pass forward and one backward (the masked gradient and the bias
+//! gradient together). On the CPU the loops below; on CUDA (feature `cuda`) the kernels of
+//! `kernels/bias_act.cu`, the same arithmetic. The device convolutions use it
+//! ([`crate::layers::device_conv`], [`crate::layers::cudnn_conv`]); the CPU convolution fuses
+//! bias and ReLU into its own kernels.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use crate::cpu_conv::Float;
+use crate::Result;
+
+/// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`.
+pub fn bias_act(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    Ok(y.contiguous()?
+        .apply_op2(&b.contiguous()?, BiasAct { relu })?)
+}
+
+struct BiasAct {
+    relu: bool,
+}
+
+/// `(grad, out) -> [dy, db]` packed in one vector: `dy` (as `grad`) then `db` (one per channel).
+struct BiasActGrad {
+    relu: bool,
+}
+
+/// `(numel, plane, channels)` of `y` `(N, C, H, W)` and a bias of `C`.
+fn dims(y: &Layout, channels: usize) -> candle_core::Result<(usize, usize, usize)> {
+    let (_, c, h, w) = y.shape().dims4()?;
+    if c != channels {
+        candle_core::bail!("bias: {channels} values for {c} channels");
+    }
+    Ok((y.shape().elem_count(), h * w, c))
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("bias: the operands must be contiguous"),
+    }
+}
+
+fn forward<T: Float>(y: &[T], b: &[T], plane: usize, relu: bool) -> Vec<T> {
+    let c = b.len();
+    let mut out = Vec::with_capacity(y.len());
+    for (p, rows) in y.chunks(plane).enumerate() {
+        let bias = b[p % c];
+        out.extend(rows.iter().map(|&v| {
+            let v = v + bias;
+            if relu && v <= T::ZERO {
+                T::ZERO
+            } else {
+                v
+            }
+        }));
+    }
+    out
+}
+
+fn backward<T: Float>(grad: &[T], out: &[T], plane: usize, c: usize, relu: bool) -> Vec<T> {
+    let numel = grad.len();
+    let mut packed = vec![T::ZERO; numel + c];
+    let (dy, db) = packed.split_at_mut(numel);
+    for (p, (d, (g, o))) in dy
+        .chunks_mut(plane)
+        .zip(grad.chunks(plane).zip(out.chunks(plane)))
+        .enumerate()
+    {
+        let mut acc = T::ZERO;
+        for ((d, &g), &o) in d.iter_mut().zip(g).zip(o) {
+            let passes = !relu || o > T::ZERO;
+            *d = if passes { g } else { T::ZERO };
+            acc += *d;
+        }
+        db[p % c] += acc;
+    }
+    packed
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, plane, _) = dims(l1, l2.shape().elem_count())?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => CpuStorage::F32(forward(
+                contiguous(y, l1)?,
+                contiguous(b, l2)?,
+                plane,
+                self.relu,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => CpuStorage::F64(forward(
+                contiguous(y, l1)?,
+                contiguous(b, l2)?,
+                plane,
+                self.relu,
+            )),
+            _ => candle_core::bail!("bias: both operands must be f32 or both f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = dims(l1, l2.shape().elem_count())?;
+        let out = cuda::run(cuda::Kernel::Forward, d, self.relu, s1, l1, s2, l2)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let numel = y.elem_count();
+        let packed = grad
+            .contiguous()?
+            .apply_op2(out, BiasActGrad { relu: self.relu })?;
+        let dy = packed.narrow(0, 0, numel)?.reshape(y.shape())?;
+        let db = packed.narrow(0, numel, b.elem_count())?;
+        Ok((Some(dy), Some(db)))
+    }
+}
+
+impl CustomOp2 for BiasActGrad {
+    fn name(&self) -> &'static str {
+        "bias-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("bias: gradient {:?}, output {:?}", l1.shape(), l2.shape());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(o)) => CpuStorage::F32(backward(
+                contiguous(g, l1)?,
+                contiguous(o, l2)?,
+                h * w,
+                c,
+                self.relu,
+            )),
+            (CpuStorage::F64(g), CpuStorage::F64(o)) => CpuStorage::F64(backward(
+                contiguous(g, l1)?,
+                contiguous(o, l2)?,
+                h * w,
+                c,
+                self.relu,
+            )),
+            _ => candle_core::bail!("bias: both operands must be f32 or both f64"),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("bias: gradient {:?}, output {:?}", l1.shape(), l2.shape());
+        }
+        let numel = n * c * h * w;
+        let out = cuda::run(
+            cuda::Kernel::Backward,
+            (numel, h * w, c),
+            self.relu,
+            s1,
+            l1,
+            s2,
+            l2,
+        )?;
+        Ok((out, Shape::from(numel + c)))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
+
+    use crate::cuda_kernels::{elementwise, function, BIAS_ACT};
+
+    pub(super) enum Kernel {
+        /// `(y, b) -> out`
+        Forward,
+        /// `(grad, out) -> [dy, db]`
+        Backward,
+    }
+
+    pub(super) fn run(
+        kernel: Kernel,
+        dims: (usize, usize, usize),
+        relu: bool,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<CudaStorage> {
+        if !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("bias: the operands must be contiguous");
+        }
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => typed::<f32>(kernel, dims, relu, s1, l1, s2, l2),
+            (DType::F64, DType::F64) => typed::<f64>(kernel, dims, relu, s1, l1, s2, l2),
+            (a, b) => candle_core::bail!("bias: f32 or f64 operands, not {a:?} and {b:?}"),
+        }
+    }
+
+    fn typed<T: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType>(
+        kernel: Kernel,
+        (numel, plane, channels): (usize, usize, usize),
+        relu: bool,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<CudaStorage> {
+        let dev = s1.device().clone();
+        let stream = dev.cuda_stream();
+        let a = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
+        let b = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
+        let relu = i32::from(relu);
+        let (name, len, cfg) = match kernel {
+            Kernel::Forward => ("bias_act_fwd", numel, elementwise(numel)),
+            Kernel::Backward => (
+                "bias_act_bwd",
+                numel + channels,
+                // One block of 256 threads per (image, channel) plane.
+                LaunchConfig {
+                    grid_dim: ((numel / plane.max(1)) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+        };
+        // SAFETY: the forward kernel writes every element; the backward kernel every element of
+        // dy, and db is zeroed below.
+        let mut out = unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)?;
+        if let Kernel::Backward = kernel {
+            let mut db = out.slice_mut(numel..);
+            stream.memset_zeros(&mut db).map_err(E::wrap)?;
+        }
+        let func = function(&dev, "denoise_bias_act", BIAS_ACT, name, T::DTYPE)?;
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&numel);
+        builder.arg(&plane);
+        builder.arg(&channels);
+        builder.arg(&a);
+        builder.arg(&b);
+        builder.arg(&mut out);
+        builder.arg(&relu);
+        if numel > 0 {
+            // SAFETY: the kernels take (size_t numel, size_t plane, size_t channels, const T*,
+            // const T*, T* out, int relu); `a` holds numel values, `b` channels (forward) or
+            // numel (backward) values, `out` numel (forward) or numel + channels (backward).
+            unsafe { builder.launch(cfg) }.map_err(E::wrap)?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
