@@ -10,6 +10,8 @@ use candle_core::DType;
 pub const ADAM: &str = include_str!(concat!(env!("OUT_DIR"), "/adam.ptx"));
 /// Bias and ReLU after a convolution, forward and backward ([`crate::bias_act`]).
 pub const BIAS_ACT: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_act.ptx"));
+/// GroupNorm (+ SiLU), forward and backward ([`crate::norm`]).
+pub const GROUP_NORM: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 
 /// `{name}_float` or `{name}_double` from the module `ptx`, for `dtype`; launch it with
 /// `dev.cuda_stream().launch_builder(&f)`.

@@ -3,8 +3,9 @@
 //! Built from candle ops, one GroupNorm is some ten element-wise passes forward and twenty
 //! backward over the activations. On the CPU [`GroupNorm::forward`] is one custom op instead:
 //! statistics and output in one pass per group forward, and the whole backward (SiLU, affine,
-//! normalisation) in two. [`reference_group_norm`] is the same function from candle's ops, the
-//! reference it is tested against and the path on other devices.
+//! normalisation) in two. On CUDA (feature `cuda`) the same op runs the kernels of
+//! `kernels/group_norm.cu`, one block per (image, group). [`reference_group_norm`] is the same
+//! function from candle's ops, the reference it is tested against.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
@@ -54,7 +55,8 @@ impl GroupNorm {
     /// Normalises `x` `(N, C, H, W)`; applies SiLU after the affine map when `silu`.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
-        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        let ours = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
+        if ours && matches!(x.dtype(), DType::F32 | DType::F64) {
             let op = FusedGroupNorm {
                 groups: self.groups,
                 eps: self.eps,
@@ -95,6 +97,7 @@ pub fn reference_group_norm(
     Ok(if silu { candle_nn::ops::silu(&y)? } else { y })
 }
 
+#[derive(Clone, Copy)]
 struct FusedGroupNorm {
     groups: usize,
     eps: f64,
@@ -233,19 +236,18 @@ impl FusedGroupNorm {
         Ok(out)
     }
 
+    /// `(dx, dgamma, dbeta)` packed in one vector, from `x`, `gamma`, `beta` and the output
+    /// gradient `dv`, for `c` channels of `hw` values per image.
     fn backward<T: Real>(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (_, c, hw) = self.dims(x.layout())?;
+        xv: &[T],
+        gv: &[T],
+        bv: &[T],
+        dv: &[T],
+        c: usize,
+        hw: usize,
+    ) -> Vec<T> {
         let cg = c / self.groups;
-        let xv = x.flatten_all()?.to_vec1::<T>()?;
-        let gv = gamma.to_vec1::<T>()?;
-        let bv = beta.to_vec1::<T>()?;
-        let dv = grad.flatten_all()?.to_vec1::<T>()?;
         let mut dx = vec![T::ZERO; xv.len()];
         // Per group: the partial sums of dgamma and dbeta for its channels, reduced in order below.
         let partial: Vec<Vec<(f64, f64)>> = dx
@@ -302,13 +304,70 @@ impl FusedGroupNorm {
                 dbeta[c0 + k] += db;
             }
         }
-        let dev = x.device();
-        let conv = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
-        Ok((
-            Tensor::from_vec(dx, x.shape(), dev)?,
-            Tensor::from_vec(conv(dgamma), c, dev)?,
-            Tensor::from_vec(conv(dbeta), c, dev)?,
-        ))
+        dx.extend(dgamma.into_iter().chain(dbeta).map(T::of));
+        dx
+    }
+}
+
+/// `(x, dy, [gamma, beta]) -> [dx, dgamma, dbeta]`, packed: the backward pass of
+/// [`FusedGroupNorm`] as an op of its own, so that it runs on the device that holds the tensors.
+struct GroupNormGrad(FusedGroupNorm);
+
+impl CustomOp3 for GroupNormGrad {
+    fn name(&self) -> &'static str {
+        "group-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = self.0.dims(l1)?;
+        if l1.shape() != l2.shape() || l3.shape().elem_count() != 2 * c {
+            candle_core::bail!("group norm: gradient or parameters of the wrong shape");
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(d), CpuStorage::F32(gb)) => {
+                let gb = contiguous(gb, l3)?;
+                let (x, d) = (contiguous(x, l1)?, contiguous(d, l2)?);
+                CpuStorage::F32(self.0.backward(x, &gb[..c], &gb[c..], d, c, hw))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(d), CpuStorage::F64(gb)) => {
+                let gb = contiguous(gb, l3)?;
+                let (x, d) = (contiguous(x, l1)?, contiguous(d, l2)?);
+                CpuStorage::F64(self.0.backward(x, &gb[..c], &gb[c..], d, c, hw))
+            }
+            _ => candle_core::bail!("group norm: operands must all be f32 or all f64"),
+        };
+        Ok((out, Shape::from(n * c * hw + 2 * c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, hw) = self.0.dims(l1)?;
+        if l1.shape() != l2.shape() || l3.shape().elem_count() != 2 * c {
+            candle_core::bail!("group norm: gradient or parameters of the wrong shape");
+        }
+        let out = cuda::run(
+            &self.0,
+            cuda::Kernel::Backward,
+            (n, c, hw),
+            [(s1, l1), (s2, l2), (s3, l3)],
+        )?;
+        Ok((out, Shape::from(n * c * hw + 2 * c)))
     }
 }
 
@@ -357,6 +416,26 @@ impl CustomOp3 for FusedGroupNorm {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = self.dims(l1)?;
+        let out = cuda::run(
+            self,
+            cuda::Kernel::Forward,
+            d,
+            [(s1, l1), (s2, l2), (s3, l3)],
+        )?;
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -365,12 +444,108 @@ impl CustomOp3 for FusedGroupNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dg, db) = match x.dtype() {
-            DType::F32 => self.backward::<f32>(x, gamma, beta, grad)?,
-            DType::F64 => self.backward::<f64>(x, gamma, beta, grad)?,
-            dt => candle_core::bail!("group norm: unsupported dtype {dt:?}"),
-        };
+        let c = gamma.elem_count();
+        let numel = x.elem_count();
+        let gb = Tensor::cat(&[gamma, beta], 0)?;
+        let packed = x.apply_op3(&grad.contiguous()?, &gb, GroupNormGrad(*self))?;
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, numel, c)?;
+        let db = packed.narrow(0, numel + c, c)?;
         Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
+
+    use super::FusedGroupNorm;
+    use crate::cuda_kernels::{function, GROUP_NORM};
+
+    pub(super) enum Kernel {
+        /// `(x, gamma, beta) -> out`
+        Forward,
+        /// `(x, dy, [gamma, beta]) -> [dx, dgamma, dbeta]`
+        Backward,
+    }
+
+    pub(super) fn run(
+        op: &FusedGroupNorm,
+        kernel: Kernel,
+        dims: (usize, usize, usize),
+        srcs: [(&CudaStorage, &Layout); 3],
+    ) -> candle_core::Result<CudaStorage> {
+        if srcs.iter().any(|(_, l)| !l.is_contiguous()) {
+            candle_core::bail!("group norm: the operands must be contiguous");
+        }
+        let dtypes = srcs.map(|(s, _)| s.dtype());
+        match dtypes {
+            [DType::F32, DType::F32, DType::F32] => typed::<f32>(op, kernel, dims, srcs),
+            [DType::F64, DType::F64, DType::F64] => typed::<f64>(op, kernel, dims, srcs),
+            _ => candle_core::bail!("group norm: f32 or f64 operands, not {dtypes:?}"),
+        }
+    }
+
+    fn typed<T: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType>(
+        op: &FusedGroupNorm,
+        kernel: Kernel,
+        (n, c, hw): (usize, usize, usize),
+        [(s1, l1), (s2, l2), (s3, l3)]: [(&CudaStorage, &Layout); 3],
+    ) -> candle_core::Result<CudaStorage> {
+        let dev = s1.device().clone();
+        let stream = dev.cuda_stream();
+        let a = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
+        let b = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
+        let d = s3.as_cuda_slice::<T>()?.slice(l3.start_offset()..);
+        let numel = n * c * hw;
+        let (groups, cg) = (op.groups, c / op.groups);
+        let (eps, silu) = (op.eps, i32::from(op.silu));
+        let len = match kernel {
+            Kernel::Forward => numel,
+            Kernel::Backward => numel + 2 * c,
+        };
+        // SAFETY: the kernels write every element of out / dx; dgamma and dbeta are zeroed below.
+        let mut out = unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)?;
+        let name = match kernel {
+            Kernel::Forward => "group_norm_fwd",
+            Kernel::Backward => {
+                let mut sums = out.slice_mut(numel..);
+                stream.memset_zeros(&mut sums).map_err(E::wrap)?;
+                "group_norm_bwd"
+            }
+        };
+        let func = function(&dev, "denoise_group_norm", GROUP_NORM, name, T::DTYPE)?;
+        let mut builder = stream.launch_builder(&func);
+        if let Kernel::Backward = kernel {
+            builder.arg(&numel);
+        }
+        builder.arg(&groups);
+        builder.arg(&cg);
+        builder.arg(&hw);
+        builder.arg(&a);
+        builder.arg(&b);
+        builder.arg(&d);
+        builder.arg(&mut out);
+        builder.arg(&eps);
+        builder.arg(&silu);
+        if numel > 0 {
+            let cfg = LaunchConfig {
+                grid_dim: ((n * groups) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments follow the kernels' parameters: ([size_t numel,] size_t
+            // groups, size_t cg, size_t hw, const T* x, const T* gamma or dy, const T* beta or
+            // [gamma, beta], T* out, double eps, int silu), with every buffer of the size the
+            // kernel reads or writes.
+            unsafe { builder.launch(cfg) }.map_err(E::wrap)?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 }
 
