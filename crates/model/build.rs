@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["adam", "bias_act", "group_norm"];
+const KERNELS: &[&str] = &["adam", "bias_act", "group_norm", "max_pool"];
 
 fn main() {
     for k in KERNELS {

@@ -395,16 +395,14 @@ impl ConvTranspose2x2 {
 }
 
 /// 2x2 max pooling with stride 2 whose gradient goes, whole, to each window's maximum (the
-/// first one in scan order on ties, as PyTorch). On the CPU a custom op with a one-pass
-/// backward; elsewhere a reshape and two `max` reductions (whose backward is right, unlike
-/// candle 0.11's `max_pool2d`).
+/// first one in scan order on ties, as PyTorch). A custom op with a one-pass backward, on the
+/// CPU and (feature `cuda`, kernels `kernels/max_pool.cu`) on CUDA; elsewhere a reshape and two
+/// `max` reductions (whose backward is right, unlike candle 0.11's `max_pool2d`, but splits the
+/// gradient on ties).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && h % 2 == 0
-        && w % 2 == 0
-    {
+    let ours = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
+    if ours && matches!(x.dtype(), DType::F32 | DType::F64) && h % 2 == 0 && w % 2 == 0 {
         return Ok(x.contiguous()?.apply_op1(MaxPool2x2)?);
     }
     Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
@@ -488,27 +486,142 @@ impl candle_core::CustomOp1 for MaxPool2x2 {
         Ok((out, Shape::from((n, c, h / 2, w / 2))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out = pool_cuda::run(None, (n * c, h, w), s, l)?;
+        Ok((out, Shape::from((n, c, h / 2, w / 2))))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (n, c, h, w) = arg.dims4()?;
-        let dx = match arg.dtype() {
-            DType::F32 => Tensor::from_vec(
-                pool_bwd(&to_vec::<f32>(arg)?, &to_vec::<f32>(grad)?, n * c, h, w),
-                arg.shape(),
-                arg.device(),
-            )?,
-            DType::F64 => Tensor::from_vec(
-                pool_bwd(&to_vec::<f64>(arg)?, &to_vec::<f64>(grad)?, n * c, h, w),
-                arg.shape(),
-                arg.device(),
-            )?,
-            dt => candle_core::bail!("max pool: unsupported dtype {dt:?}"),
+        Ok(Some(arg.apply_op2(&grad.contiguous()?, MaxPool2x2Grad)?))
+    }
+}
+
+/// `(x, dy) -> dx` of [`MaxPool2x2`], an op so that it runs where the tensors are.
+struct MaxPool2x2Grad;
+
+impl candle_core::CustomOp2 for MaxPool2x2Grad {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let dx = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(pool_bwd(slice(x, l1)?, slice(g, l2)?, n * c, h, w))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(pool_bwd(slice(x, l1)?, slice(g, l2)?, n * c, h, w))
+            }
+            _ => candle_core::bail!("max pool: both operands f32 or both f64"),
         };
-        Ok(Some(dx))
+        Ok((dx, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let dx = pool_cuda::run(Some((s2, l2)), (n * c, h, w), s1, l1)?;
+        Ok((dx, l1.shape().clone()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod pool_cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
+
+    use crate::cuda_kernels::{elementwise, function, MAX_POOL};
+
+    /// The forward pass (`grad` `None`: x to the pooled output) or the backward (x and the
+    /// output gradient to dx).
+    pub(super) fn run(
+        grad: Option<(&CudaStorage, &Layout)>,
+        dims: (usize, usize, usize),
+        x: &CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CudaStorage> {
+        match x.dtype() {
+            DType::F32 => typed::<f32>(grad, dims, x, l),
+            DType::F64 => typed::<f64>(grad, dims, x, l),
+            dt => candle_core::bail!("max pool: f32 or f64, not {dt:?}"),
+        }
+    }
+
+    fn typed<T: CudaDType + DeviceRepr + WithDType>(
+        grad: Option<(&CudaStorage, &Layout)>,
+        (planes, h, w): (usize, usize, usize),
+        x: &CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CudaStorage> {
+        if !l.is_contiguous() || grad.is_some_and(|(_, gl)| !gl.is_contiguous()) {
+            candle_core::bail!("max pool: the operands must be contiguous");
+        }
+        if h % 2 != 0 || w % 2 != 0 {
+            candle_core::bail!("max pool: {h}x{w} planes are not even");
+        }
+        let dev = x.device().clone();
+        let stream = dev.cuda_stream();
+        let outputs = planes * (h / 2) * (w / 2);
+        let xs = x.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        let len = if grad.is_some() {
+            planes * h * w
+        } else {
+            outputs
+        };
+        // SAFETY: both kernels write every element of `out` (the backward all four inputs of
+        // each window).
+        let mut out = unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)?;
+        let name = if grad.is_some() {
+            "max_pool_bwd"
+        } else {
+            "max_pool_fwd"
+        };
+        let func = function(&dev, "denoise_max_pool", MAX_POOL, name, T::DTYPE)?;
+        let g = match grad {
+            Some((g, gl)) => Some(g.as_cuda_slice::<T>()?.slice(gl.start_offset()..)),
+            None => None,
+        };
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&outputs);
+        builder.arg(&h);
+        builder.arg(&w);
+        builder.arg(&xs);
+        if let Some(g) = &g {
+            builder.arg(g);
+        }
+        builder.arg(&mut out);
+        if outputs > 0 {
+            // SAFETY: (size_t outputs, size_t h, size_t w, const T* x, [const T* grad,] T* out),
+            // x holds planes h w values, grad `outputs`, out as allocated above.
+            unsafe { builder.launch(elementwise(outputs)) }.map_err(E::wrap)?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 }
 

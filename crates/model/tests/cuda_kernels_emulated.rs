@@ -1,4 +1,4 @@
-//! Our CUDA kernels (`kernels/*.cu`: Adam, bias + ReLU, GroupNorm + SiLU) run on the CPU under a
+//! Our CUDA kernels (`kernels/*.cu`: Adam, bias + ReLU, GroupNorm + SiLU, max pooling) run on the CPU under a
 //! small CUDA emulation (`kernels/emulation/`: a thread per CUDA thread, barriers for
 //! `__syncthreads`), against plain double-precision references, so that their indexing,
 //! reductions and arithmetic are checked on machines without a GPU. On a GPU, `denoise selftest`

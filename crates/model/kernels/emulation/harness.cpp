@@ -1,6 +1,6 @@
 // Runs our CUDA kernels on the CPU (cuda_emulation.h) against plain double-precision
 // references, on shapes that exercise the grid-stride loops, planes larger and smaller than a
-// block, several channels per group, with and without the activations. Prints each check's
+// block, several channels per group, with and without the activations, tied maxima. Prints each check's
 // worst relative error and exits 1 if any is over its tolerance. Built and run by
 // `crates/model/tests/cuda_kernels_emulated.rs`.
 #include "cuda_emulation.h"
@@ -8,6 +8,7 @@
 #include "../adam.cu"
 #include "../bias_act.cu"
 #include "../group_norm.cu"
+#include "../max_pool.cu"
 
 #include <cstdio>
 #include <vector>
@@ -202,6 +203,41 @@ static void group_norm(const char *type, size_t n, size_t groups, size_t cg, siz
     }
 }
 
+template <typename T>
+static void max_pool(const char *type, size_t planes, size_t h, size_t w) {
+    // Values on a coarse grid, so that many windows have tied maxima.
+    std::vector<T> x(planes * h * w);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = (T)floor(value(i, 12) * 2.0);
+    const size_t oh = h / 2, ow = w / 2, outputs = planes * oh * ow;
+    auto grad = values<T>(outputs, 13);
+    std::vector<T> out(outputs), dx(x.size(), (T)7);
+    std::vector<double> wout(outputs), wdx(x.size(), 0.0);
+    for (size_t p = 0; p < planes; ++p)
+        for (size_t y = 0; y < oh; ++y)
+            for (size_t xo = 0; xo < ow; ++xo) {
+                const size_t o = (p * oh + y) * ow + xo, b = p * h * w + 2 * y * w + 2 * xo;
+                const size_t at[4] = {b, b + 1, b + w, b + w + 1};
+                size_t best = at[0];
+                for (size_t k : at)
+                    if ((double)x[k] > (double)x[best]) best = k;
+                wout[o] = (double)x[best];
+                wdx[best] = (double)grad[o];
+            }
+    // One block of 32 threads for every output: the grid-stride loop goes round.
+    if constexpr (sizeof(T) == 4) {
+        emulate_launch(1, 32, [&] { max_pool_fwd_float(outputs, h, w, x.data(), out.data()); });
+        emulate_launch(1, 32, [&] { max_pool_bwd_float(outputs, h, w, x.data(), grad.data(), dx.data()); });
+    } else {
+        emulate_launch(1, 32, [&] { max_pool_fwd_double(outputs, h, w, x.data(), out.data()); });
+        emulate_launch(1, 32, [&] { max_pool_bwd_double(outputs, h, w, x.data(), grad.data(), dx.data()); });
+    }
+    char name[96];
+    snprintf(name, sizeof name, "max_pool %s planes%zu %zux%zu (ties): out", type, planes, h, w);
+    check(name, out, wout, 0.0);
+    snprintf(name, sizeof name, "max_pool %s planes%zu %zux%zu (ties): dx", type, planes, h, w);
+    check(name, dx, wdx, 0.0);
+}
+
 int main() {
     adam<float>("f32", 1e-6);
     adam<double>("f64", 1e-14);
@@ -214,6 +250,8 @@ int main() {
         group_norm<double>("f64", 2, 2, 3, 9, silu, 1e-12);
         group_norm<double>("f64", 1, 1, 4, 70, silu, 1e-12);
     }
+    max_pool<float>("f32", 3, 6, 10);
+    max_pool<double>("f64", 2, 4, 4);
     printf("%d failed\n", failures);
     return failures == 0 ? 0 : 1;
 }
