@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use crate::cpu_conv::Float;
+use crate::operands::{binary, BinaryKernel};
 use crate::Result;
 
 /// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`.
@@ -37,10 +38,28 @@ fn dims(y: &Layout, channels: usize) -> candle_core::Result<(usize, usize, usize
     Ok((y.shape().elem_count(), h * w, c))
 }
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("bias: the operands must be contiguous"),
+/// The forward pass on the CPU: `(y, b) -> out`.
+struct Forward {
+    plane: usize,
+    relu: bool,
+}
+
+impl BinaryKernel for Forward {
+    fn run<T: Float>(&self, y: &[T], b: &[T]) -> Vec<T> {
+        forward(y, b, self.plane, self.relu)
+    }
+}
+
+/// The backward pass on the CPU: `(grad, out) -> [dy, db]`.
+struct Backward {
+    plane: usize,
+    channels: usize,
+    relu: bool,
+}
+
+impl BinaryKernel for Backward {
+    fn run<T: Float>(&self, grad: &[T], out: &[T]) -> Vec<T> {
+        backward(grad, out, self.plane, self.channels, self.relu)
     }
 }
 
@@ -94,22 +113,11 @@ impl CustomOp2 for BiasAct {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, plane, _) = dims(l1, l2.shape().elem_count())?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => CpuStorage::F32(forward(
-                contiguous(y, l1)?,
-                contiguous(b, l2)?,
-                plane,
-                self.relu,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => CpuStorage::F64(forward(
-                contiguous(y, l1)?,
-                contiguous(b, l2)?,
-                plane,
-                self.relu,
-            )),
-            _ => candle_core::bail!("bias: both operands must be f32 or both f64"),
+        let k = Forward {
+            plane,
+            relu: self.relu,
         };
-        Ok((out, l1.shape().clone()))
+        Ok((binary(&k, "bias", (s1, l1), (s2, l2))?, l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -158,23 +166,12 @@ impl CustomOp2 for BiasActGrad {
         if l1.shape() != l2.shape() {
             candle_core::bail!("bias: gradient {:?}, output {:?}", l1.shape(), l2.shape());
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(o)) => CpuStorage::F32(backward(
-                contiguous(g, l1)?,
-                contiguous(o, l2)?,
-                h * w,
-                c,
-                self.relu,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(o)) => CpuStorage::F64(backward(
-                contiguous(g, l1)?,
-                contiguous(o, l2)?,
-                h * w,
-                c,
-                self.relu,
-            )),
-            _ => candle_core::bail!("bias: both operands must be f32 or both f64"),
+        let k = Backward {
+            plane: h * w,
+            channels: c,
+            relu: self.relu,
         };
+        let out = binary(&k, "bias", (s1, l1), (s2, l2))?;
         Ok((out, Shape::from(l1.shape().elem_count() + c)))
     }
 
@@ -214,6 +211,7 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
 
     use crate::cuda_kernels::{elementwise, function, BIAS_ACT};
+    use crate::operands::cuda_view;
 
     pub(super) enum Kernel {
         /// `(y, b) -> out`
@@ -231,9 +229,6 @@ mod cuda {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<CudaStorage> {
-        if !l1.is_contiguous() || !l2.is_contiguous() {
-            candle_core::bail!("bias: the operands must be contiguous");
-        }
         match (s1.dtype(), s2.dtype()) {
             (DType::F32, DType::F32) => typed::<f32>(kernel, dims, relu, s1, l1, s2, l2),
             (DType::F64, DType::F64) => typed::<f64>(kernel, dims, relu, s1, l1, s2, l2),
@@ -252,8 +247,8 @@ mod cuda {
     ) -> candle_core::Result<CudaStorage> {
         let dev = s1.device().clone();
         let stream = dev.cuda_stream();
-        let a = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
-        let b = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
+        let a = cuda_view::<T>(s1, l1, "bias")?;
+        let b = cuda_view::<T>(s2, l2, "bias")?;
         let relu = i32::from(relu);
         let (name, len, cfg) = match kernel {
             Kernel::Forward => ("bias_act_fwd", numel, elementwise(numel)),

@@ -15,6 +15,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use crate::cpu_conv::{self, ConvShape, Float};
+use crate::operands::{binary, BinaryKernel};
 use crate::Result;
 
 /// `conv2d(x, w)` with stride 1 and `padding`, as a graph op whose gradients come from
@@ -95,10 +96,18 @@ impl LibConv {
             Pass::Filter => (s.c_out, s.c_in, s.k, s.k).into(),
         }
     }
+}
 
-    /// The CPU version of the pass (im2col kernels; the unused operand of the backward kernel
-    /// is zeros).
-    fn cpu<T: Float>(&self, s: &ConvShape, a: &[T], b: &[T]) -> Vec<T> {
+/// The CPU version of a pass (im2col kernels; the unused operand of the backward kernel is
+/// zeros).
+struct OnCpu<'a> {
+    pass: Pass,
+    s: &'a ConvShape,
+}
+
+impl BinaryKernel for OnCpu<'_> {
+    fn run<T: Float>(&self, a: &[T], b: &[T]) -> Vec<T> {
+        let s = self.s;
         match self.pass {
             Pass::Forward => cpu_conv::forward_im2col(s, a, b, &vec![T::ZERO; s.c_out], false),
             Pass::Data => {
@@ -110,13 +119,6 @@ impl LibConv {
                 cpu_conv::backward_im2col(s, a, &w, b, None).1
             }
         }
-    }
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv: the operands must be contiguous"),
     }
 }
 
@@ -137,16 +139,11 @@ impl CustomOp2 for LibConv {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let s = self.shape(l1, l2)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(self.cpu(&s, contiguous(a, l1)?, contiguous(b, l2)?))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(self.cpu(&s, contiguous(a, l1)?, contiguous(b, l2)?))
-            }
-            _ => candle_core::bail!("conv: both operands must be f32 or both f64"),
+        let k = OnCpu {
+            pass: self.pass,
+            s: &s,
         };
-        Ok((out, self.out_shape(&s)))
+        Ok((binary(&k, "conv", (s1, l1), (s2, l2))?, self.out_shape(&s)))
     }
 
     #[cfg(feature = "cudnn")]
@@ -259,9 +256,6 @@ mod cuda {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<CudaStorage> {
-        if !l1.is_contiguous() || !l2.is_contiguous() {
-            candle_core::bail!("conv: the operands must be contiguous");
-        }
         match (s1.dtype(), s2.dtype()) {
             (candle_core::DType::F32, candle_core::DType::F32) => {
                 launch::<f32>(pass, s, padding, s1, l1, s2, l2)
@@ -287,8 +281,8 @@ mod cuda {
     {
         let dev = s1.device().clone();
         let cudnn = handle(&dev)?;
-        let a = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
-        let b = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
+        let a = crate::operands::cuda_view::<T>(s1, l1, "conv")?;
+        let b = crate::operands::cuda_view::<T>(s2, l2, "conv")?;
         let i = |v: usize| v as std::ffi::c_int;
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let x_d = cudnn

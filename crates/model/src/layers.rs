@@ -20,6 +20,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, 
 use rand::Rng;
 
 use crate::cpu_conv::{self, ConvShape, Float};
+use crate::operands::{binary, BinaryKernel};
 use crate::winograd;
 
 use crate::params::{ParamStore, Rng64};
@@ -236,10 +237,7 @@ fn values<'a, T: candle_core::WithDType>(
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused conv: the input must be contiguous"),
-    }
+    crate::operands::contiguous(v, l, "conv")
 }
 
 fn to_vec<T: candle_core::WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
@@ -510,6 +508,18 @@ impl candle_core::CustomOp1 for MaxPool2x2 {
 /// `(x, dy) -> dx` of [`MaxPool2x2`], an op so that it runs where the tensors are.
 struct MaxPool2x2Grad;
 
+struct PoolBackward {
+    planes: usize,
+    h: usize,
+    w: usize,
+}
+
+impl BinaryKernel for PoolBackward {
+    fn run<T: Float>(&self, x: &[T], g: &[T]) -> Vec<T> {
+        pool_bwd(x, g, self.planes, self.h, self.w)
+    }
+}
+
 impl candle_core::CustomOp2 for MaxPool2x2Grad {
     fn name(&self) -> &'static str {
         "max-pool-2x2-grad"
@@ -523,16 +533,15 @@ impl candle_core::CustomOp2 for MaxPool2x2Grad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let dx = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(pool_bwd(slice(x, l1)?, slice(g, l2)?, n * c, h, w))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(pool_bwd(slice(x, l1)?, slice(g, l2)?, n * c, h, w))
-            }
-            _ => candle_core::bail!("max pool: both operands f32 or both f64"),
+        let k = PoolBackward {
+            planes: n * c,
+            h,
+            w,
         };
-        Ok((dx, l1.shape().clone()))
+        Ok((
+            binary(&k, "max pool", (s1, l1), (s2, l2))?,
+            l1.shape().clone(),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -557,6 +566,7 @@ mod pool_cuda {
     use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
 
     use crate::cuda_kernels::{elementwise, function, MAX_POOL};
+    use crate::operands::cuda_view;
 
     /// The forward pass (`grad` `None`: x to the pooled output) or the backward (x and the
     /// output gradient to dx).
@@ -579,16 +589,13 @@ mod pool_cuda {
         x: &CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<CudaStorage> {
-        if !l.is_contiguous() || grad.is_some_and(|(_, gl)| !gl.is_contiguous()) {
-            candle_core::bail!("max pool: the operands must be contiguous");
-        }
         if h % 2 != 0 || w % 2 != 0 {
             candle_core::bail!("max pool: {h}x{w} planes are not even");
         }
         let dev = x.device().clone();
         let stream = dev.cuda_stream();
         let outputs = planes * (h / 2) * (w / 2);
-        let xs = x.as_cuda_slice::<T>()?.slice(l.start_offset()..);
+        let xs = cuda_view::<T>(x, l, "max pool")?;
         let len = if grad.is_some() {
             planes * h * w
         } else {
@@ -604,7 +611,7 @@ mod pool_cuda {
         };
         let func = function(&dev, "denoise_max_pool", MAX_POOL, name, T::DTYPE)?;
         let g = match grad {
-            Some((g, gl)) => Some(g.as_cuda_slice::<T>()?.slice(gl.start_offset()..)),
+            Some((g, gl)) => Some(cuda_view::<T>(g, gl, "max pool")?),
             None => None,
         };
         let mut builder = stream.launch_builder(&func);

@@ -18,6 +18,7 @@ pub mod cuda_kernels;
 pub mod cudnn_conv;
 pub mod layers;
 pub mod norm;
+pub mod operands;
 pub mod params;
 pub mod sampler;
 pub mod seed_unet;

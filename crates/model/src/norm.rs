@@ -372,10 +372,7 @@ impl CustomOp3 for GroupNormGrad {
 }
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("group norm: inputs must be contiguous"),
-    }
+    crate::operands::contiguous(v, l, "group norm")
 }
 
 impl CustomOp3 for FusedGroupNorm {
@@ -466,6 +463,7 @@ mod cuda {
 
     use super::FusedGroupNorm;
     use crate::cuda_kernels::{function, GROUP_NORM};
+    use crate::operands::cuda_view;
 
     pub(super) enum Kernel {
         /// `(x, gamma, beta) -> out`
@@ -480,9 +478,6 @@ mod cuda {
         dims: (usize, usize, usize),
         srcs: [(&CudaStorage, &Layout); 3],
     ) -> candle_core::Result<CudaStorage> {
-        if srcs.iter().any(|(_, l)| !l.is_contiguous()) {
-            candle_core::bail!("group norm: the operands must be contiguous");
-        }
         let dtypes = srcs.map(|(s, _)| s.dtype());
         match dtypes {
             [DType::F32, DType::F32, DType::F32] => typed::<f32>(op, kernel, dims, srcs),
@@ -499,9 +494,9 @@ mod cuda {
     ) -> candle_core::Result<CudaStorage> {
         let dev = s1.device().clone();
         let stream = dev.cuda_stream();
-        let a = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
-        let b = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
-        let d = s3.as_cuda_slice::<T>()?.slice(l3.start_offset()..);
+        let a = cuda_view::<T>(s1, l1, "group norm")?;
+        let b = cuda_view::<T>(s2, l2, "group norm")?;
+        let d = cuda_view::<T>(s3, l3, "group norm")?;
         let numel = n * c * hw;
         let (groups, cg) = (op.groups, c / op.groups);
         let (eps, silu) = (op.eps, i32::from(op.silu));

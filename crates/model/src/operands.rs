@@ -1,0 +1,51 @@
+//! The operands of our custom ops: contiguous values of a CPU storage, the f32/f64 dispatch of
+//! a two-operand CPU kernel, and (feature `cuda`) a contiguous view of a CUDA storage. Every op
+//! names itself (`what`) in the errors.
+
+use candle_core::{CpuStorage, Layout};
+
+use crate::cpu_conv::Float;
+
+/// The values of a contiguous operand.
+pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: the operands must be contiguous"),
+    }
+}
+
+/// A CPU kernel on two operands' values, for f32 and f64 alike.
+pub trait BinaryKernel {
+    fn run<T: Float>(&self, a: &[T], b: &[T]) -> Vec<T>;
+}
+
+/// Runs `k` on two contiguous CPU operands, both f32 or both f64.
+pub fn binary(
+    k: &impl BinaryKernel,
+    what: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> candle_core::Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(k.run(contiguous(a, l1, what)?, contiguous(b, l2, what)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(k.run(contiguous(a, l1, what)?, contiguous(b, l2, what)?))
+        }
+        _ => candle_core::bail!("{what}: both operands must be f32 or both f64"),
+    })
+}
+
+/// A contiguous CUDA operand as a view of `T`s.
+#[cfg(feature = "cuda")]
+pub fn cuda_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a candle_core::CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("{what}: the operands must be contiguous");
+    }
+    Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..))
+}
