@@ -257,6 +257,37 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
         std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
         gz.finish()?;
     }
+    let (n_train, n_test) = lay_out(
+        root,
+        &bundle,
+        &data,
+        (500, 100),
+        "sm_90, CUDA 13.0 wheels; denoise: features cuda; \
+         denoise-cudnn: features cudnn (cuDNN 9.13 at link time)",
+    )?;
+    let size = dir_size(&bundle)?;
+    println!(
+        "gpu bundle: {} ({:.1} MiB: two binaries, gpu-check.sh, seed_unet_bench.py, {n_train} train and {n_test} test images)",
+        bundle.display(),
+        size as f64 / (1 << 20) as f64
+    );
+    if size > 64 << 20 {
+        bail!("the bundle is over 64 MiB");
+    }
+    println!("on the GPU machine: bash gpu-check.sh   (results in results/gpu-check.json)");
+    Ok(())
+}
+
+/// The rest of a bundle folder: `gpu-check.sh`, the PyTorch benchmark, `build-info.txt` and a
+/// subset of the image folder `data` (`per_class` train and test images per class); the numbers
+/// of train and test images copied.
+fn lay_out(
+    root: &Path,
+    bundle: &Path,
+    data: &Path,
+    (train, test): (usize, usize),
+    build: &str,
+) -> Result<(usize, usize)> {
     std::fs::copy(
         root.join("xtask/gpu/gpu-check.sh"),
         bundle.join("gpu-check.sh"),
@@ -273,23 +304,99 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
         .unwrap_or_default();
     std::fs::write(
         bundle.join("build-info.txt"),
-        format!(
-            "denoise {commit}, sm_90, CUDA 13.0 wheels; denoise: features cuda; \
-             denoise-cudnn: features cudnn (cuDNN 9.13 at link time)\n"
-        ),
+        format!("denoise {commit}, {build}\n"),
     )?;
-    let n_train = copy_subset(&data, &bundle.join("data"), "train", 500)?;
-    let n_test = copy_subset(&data, &bundle.join("data"), "test", 100)?;
-    let size = dir_size(&bundle)?;
-    println!(
-        "gpu bundle: {} ({:.1} MiB: two binaries, gpu-check.sh, seed_unet_bench.py, {n_train} train and {n_test} test images)",
-        bundle.display(),
-        size as f64 / (1 << 20) as f64
-    );
-    if size > 64 << 20 {
-        bail!("the bundle is over 64 MiB");
+    Ok((
+        copy_subset(data, &bundle.join("data"), "train", train)?,
+        copy_subset(data, &bundle.join("data"), "test", test)?,
+    ))
+}
+
+/// `cargo xtask gpu-dry-run [--data DIR] [--python PATH]`: `gpu-check.sh` end to end on the CPU,
+/// to check the script (and the summary it writes) before a GPU's scarce minutes go into it. The
+/// CPU release build stands in for both binaries; a few steps, a small eval, one-step
+/// benchmarks. Fails when any step of the script failed.
+pub fn gpu_dry_run(root: &Path, args: &[String]) -> Result<()> {
+    let mut data = root.join("../data/cifar10-jpeg");
+    let mut python: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--data" => data = PathBuf::from(it.next().context("--data needs a folder")?),
+            "--python" => python = Some(PathBuf::from(it.next().context("--python needs a path")?)),
+            other => {
+                bail!("gpu-dry-run: unknown argument {other} (expected --data DIR, --python PATH)")
+            }
+        }
     }
-    println!("on the GPU machine: bash gpu-check.sh   (results in results/gpu-check.json)");
+    if !data.join("train").is_dir() || !data.join("test").is_dir() {
+        bail!(
+            "gpu-dry-run --data {}: expected an image folder with train/ and test/ class folders",
+            data.display()
+        );
+    }
+    let bin = crate::build_denoise()?;
+    let dir = root.join("target/gpu-dry-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for name in BUILDS.iter().map(|(n, _)| n) {
+        std::fs::copy(&bin, dir.join(name))?;
+    }
+    lay_out(
+        root,
+        &dir,
+        &data,
+        (20, 10),
+        "CPU build standing in for both (dry run)",
+    )?;
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    if let Some(bin_dir) = python.as_ref().and_then(|p| p.parent()) {
+        // The script calls `python3`: the given interpreter's folder (a venv's `bin/`) first.
+        if !bin_dir.join("python3").exists() {
+            bail!("--python: {} has no python3 beside it", bin_dir.display());
+        }
+        path = format!("{}:{path}", bin_dir.display());
+    }
+    let started = std::time::Instant::now();
+    let status = Command::new("bash")
+        .arg("gpu-check.sh")
+        .current_dir(&dir)
+        .env("DEVICE", "cpu")
+        .env("STEPS", "4")
+        .env("BENCH_STEPS", "1")
+        .env("EVAL_LIMIT", "20")
+        .env("PATH", path)
+        .status()
+        .context("running bash gpu-check.sh")?;
+    let summary = std::fs::read_to_string(dir.join("results/gpu-check.json"))
+        .context("gpu-check.sh wrote no results/gpu-check.json")?;
+    let summary: serde_json::Value = serde_json::from_str(&summary)?;
+    let failed: Vec<String> = summary["status"]
+        .as_object()
+        .context("gpu-check.json has no status")?
+        .iter()
+        .filter(|(k, v)| {
+            let v = v.as_str().unwrap_or("");
+            !(v == "0" || v == "ok" || k.as_str() == "trained-with")
+        })
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+        .collect();
+    println!(
+        "gpu-check.sh dry run: exit {status}, {:.0} s, {} steps failed{}",
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", failed.join(", "))
+        }
+    );
+    if !status.success() || !failed.is_empty() {
+        bail!(
+            "the dry run of gpu-check.sh failed (logs in {}/results)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! - `cargo xtask ci`: what CI runs: format check, clippy, tests.
 //! - `cargo xtask bench`: throughput, optionally side by side with PyTorch (see `bench.rs`).
 //! - `cargo xtask gpu-bundle`: a CUDA build and a folder to run on a GPU machine (see `gpu.rs`).
+//! - `cargo xtask gpu-dry-run`: that folder's `gpu-check.sh` run on the CPU, to check the script.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -97,7 +98,9 @@ const USAGE: &str = "usage: cargo xtask <train|eval|generate> [ARGS]   (release 
        cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--json FILE]
                                                     (training and inference images/s, against PyTorch)
        cargo xtask gpu-bundle [--data DIR] [--skip-build]
-                                                    (CUDA build for sm_90 + target/gpu-bundle/ with gpu-check.sh)";
+                                                    (CUDA build for sm_90 + target/gpu-bundle/ with gpu-check.sh)
+       cargo xtask gpu-dry-run [--data DIR] [--python PATH]
+                                                    (gpu-check.sh end to end on the CPU: checks the script)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             .and_then(|bin| bench::bench(&root(), &bin, &args[1..]))
             .map(|_| ExitCode::SUCCESS),
         Some("gpu-bundle") => gpu::gpu_bundle(&root(), &args[1..]).map(|_| ExitCode::SUCCESS),
+        Some("gpu-dry-run") => gpu::gpu_dry_run(&root(), &args[1..]).map(|_| ExitCode::SUCCESS),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
