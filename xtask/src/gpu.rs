@@ -382,7 +382,7 @@ pub fn gpu_dry_run(root: &Path, args: &[String]) -> Result<()> {
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
         .collect();
     println!(
-        "gpu-check.sh dry run: exit {status}, {:.0} s, {} steps failed{}",
+        "gpu-check.sh dry run: {status}, {:.0} s, {} steps failed{}",
         started.elapsed().as_secs_f64(),
         failed.len(),
         if failed.is_empty() {
