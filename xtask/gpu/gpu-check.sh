@@ -83,38 +83,15 @@ run() { # name, timeout seconds, command...
 }
 : > "$OUT/durations.txt"
 
-B="--steps $BENCH_STEPS --repeats 3"
-run selftest 45 ./denoise selftest --device "$DEVICE" --json "$OUT/selftest.json"
-run selftest-cudnn 45 ./denoise-cudnn selftest --device "$DEVICE" --json "$OUT/selftest-cudnn.json"
-BIN=./denoise
-if grep -q "^selftest-cudnn=0$" "$OUT/status.txt"; then BIN=./denoise-cudnn; fi
-status trained-with "$BIN"
-log "training, evaluation and sampling with $BIN"
-run bench-seed-unet 75 ./denoise bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet.json"
-run bench-seed-unet-cudnn 75 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet-cudnn.json"
-run torch-bench 60 python3 seed_unet_bench.py --device "$DEVICE" $B
-tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
-run torch-bench-tf32 45 python3 seed_unet_bench.py --device "$DEVICE" $B --tf32
-tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
-run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
-run eval-seed-unet 45 $BIN eval --model "$WORK/seed-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-seed-unet.json"
-run selftest-tf32 30 ./denoise selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
-run selftest-cudnn-tf32 30 ./denoise-cudnn selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-cudnn-tf32.json"
-run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-tf32.json"
-run bench-seed-unet-cudnn-tf32 60 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-cudnn-tf32.json"
-run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json "$OUT/bench-cond-unet.json"
-run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
-run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
-run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
-
-for arch in seed-unet cond-unet; do
-    mkdir -p "$OUT/$arch"
-    cp "$WORK"/$arch/{metrics.jsonl,steps.csv,loss.png} "$OUT/$arch/" 2>/dev/null
-done
-
-log "summary"
-cp build-info.txt "$OUT/" 2>/dev/null
-python3 - "$OUT" <<'PY'
+# Writes $OUT/gpu-check.json from what is there so far: called after the main steps too, so that
+# a run cut short by a time limit still leaves a summary behind.
+summarize() {
+    for arch in seed-unet cond-unet; do
+        mkdir -p "$OUT/$arch"
+        cp "$WORK"/$arch/{metrics.jsonl,steps.csv,loss.png} "$OUT/$arch/" 2>/dev/null
+    done
+    cp build-info.txt "$OUT/" 2>/dev/null
+    python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 def load(name):
@@ -181,6 +158,37 @@ print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["i
 print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
 PY
+}
+
+B="--steps $BENCH_STEPS --repeats 3"
+run selftest 45 ./denoise selftest --device "$DEVICE" --json "$OUT/selftest.json"
+run selftest-cudnn 45 ./denoise-cudnn selftest --device "$DEVICE" --json "$OUT/selftest-cudnn.json"
+BIN=./denoise
+if grep -q "^selftest-cudnn=0$" "$OUT/status.txt"; then BIN=./denoise-cudnn; fi
+status trained-with "$BIN"
+log "training, evaluation and sampling with $BIN"
+run bench-seed-unet 75 ./denoise bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet.json"
+run bench-seed-unet-cudnn 75 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet-cudnn.json"
+run torch-bench 60 python3 seed_unet_bench.py --device "$DEVICE" $B
+tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
+run torch-bench-tf32 45 python3 seed_unet_bench.py --device "$DEVICE" $B --tf32
+tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
+summarize > /dev/null
+run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run eval-seed-unet 45 $BIN eval --model "$WORK/seed-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-seed-unet.json"
+summarize > /dev/null
+run selftest-tf32 30 ./denoise selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
+run selftest-cudnn-tf32 30 ./denoise-cudnn selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-cudnn-tf32.json"
+run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-tf32.json"
+run bench-seed-unet-cudnn-tf32 60 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-cudnn-tf32.json"
+summarize > /dev/null
+run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json "$OUT/bench-cond-unet.json"
+run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
+run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
+
+log "summary"
+summarize
 # Few files travel back best: gpu-check.json, and everything else in one archive.
 # (The archive is written outside $OUT first: tar fails on a folder that changes as it reads it.)
 (cd "$OUT" && tar czf "$WORK/results.tar.gz" --exclude gpu-check.json --exclude samples.png . \
