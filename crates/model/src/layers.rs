@@ -403,8 +403,11 @@ impl ConvTranspose2x2 {
 /// gradient on ties).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    let ours = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
-    if ours && matches!(x.dtype(), DType::F32 | DType::F64) && h % 2 == 0 && w % 2 == 0 {
+    if crate::operands::has_own_kernels(x.device())
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && h % 2 == 0
+        && w % 2 == 0
+    {
         return Ok(x.contiguous()?.apply_op1(MaxPool2x2)?);
     }
     Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)

@@ -55,8 +55,9 @@ impl GroupNorm {
     /// Normalises `x` `(N, C, H, W)`; applies SiLU after the affine map when `silu`.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
-        let ours = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
-        if ours && matches!(x.dtype(), DType::F32 | DType::F64) {
+        if crate::operands::has_own_kernels(x.device())
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+        {
             let op = FusedGroupNorm {
                 groups: self.groups,
                 eps: self.eps,
@@ -313,6 +314,22 @@ impl FusedGroupNorm {
 /// [`FusedGroupNorm`] as an op of its own, so that it runs on the device that holds the tensors.
 struct GroupNormGrad(FusedGroupNorm);
 
+impl GroupNormGrad {
+    /// `(n, c, hw)` of `x`, checking that `dy` has its shape and `[gamma, beta]` `2 c` values.
+    fn dims(
+        &self,
+        x: &Layout,
+        dy: &Layout,
+        gb: &Layout,
+    ) -> candle_core::Result<(usize, usize, usize)> {
+        let (n, c, hw) = self.0.dims(x)?;
+        if x.shape() != dy.shape() || gb.shape().elem_count() != 2 * c {
+            candle_core::bail!("group norm: gradient or parameters of the wrong shape");
+        }
+        Ok((n, c, hw))
+    }
+}
+
 impl CustomOp3 for GroupNormGrad {
     fn name(&self) -> &'static str {
         "group-norm-grad"
@@ -327,10 +344,7 @@ impl CustomOp3 for GroupNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = self.0.dims(l1)?;
-        if l1.shape() != l2.shape() || l3.shape().elem_count() != 2 * c {
-            candle_core::bail!("group norm: gradient or parameters of the wrong shape");
-        }
+        let (n, c, hw) = self.dims(l1, l2, l3)?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(d), CpuStorage::F32(gb)) => {
                 let gb = contiguous(gb, l3)?;
@@ -357,10 +371,7 @@ impl CustomOp3 for GroupNormGrad {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, hw) = self.0.dims(l1)?;
-        if l1.shape() != l2.shape() || l3.shape().elem_count() != 2 * c {
-            candle_core::bail!("group norm: gradient or parameters of the wrong shape");
-        }
+        let (n, c, hw) = self.dims(l1, l2, l3)?;
         let out = cuda::run(
             &self.0,
             cuda::Kernel::Backward,

@@ -6,6 +6,12 @@ use candle_core::{CpuStorage, Layout};
 
 use crate::cpu_conv::Float;
 
+/// Whether our custom ops (and their kernels) run on `device`: always on the CPU, on CUDA in
+/// builds with the `cuda` feature.
+pub fn has_own_kernels(device: &candle_core::Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}
+
 /// The values of a contiguous operand.
 pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {

@@ -5,6 +5,7 @@
 //! ops, the reference both are tested against.
 
 use candle_core::{CpuStorage, InplaceOp3, Layout};
+use denoise_model::operands::contiguous;
 
 /// `m <- beta m + (1 - beta) g'` (or `g'^2` where `square`), `g' = g + weight_decay p`:
 /// in place on `m`, reading `(g, p)`.
@@ -58,17 +59,14 @@ fn operands<'a, T>(
     b: &'a [T],
     bl: &Layout,
 ) -> candle_core::Result<(&'a mut [T], &'a [T], &'a [T])> {
-    let (Some((d0, d1)), Some((a0, a1)), Some((b0, b1))) = (
-        dl.contiguous_offsets(),
-        al.contiguous_offsets(),
-        bl.contiguous_offsets(),
-    ) else {
-        candle_core::bail!("adam: every operand must be contiguous");
+    let (a, b) = (contiguous(a, al, "adam")?, contiguous(b, bl, "adam")?);
+    let Some((d0, d1)) = dl.contiguous_offsets() else {
+        candle_core::bail!("adam: the operands must be contiguous");
     };
-    if d1 - d0 != a1 - a0 || d1 - d0 != b1 - b0 {
+    if d1 - d0 != a.len() || d1 - d0 != b.len() {
         candle_core::bail!("adam: operands of different sizes");
     }
-    Ok((&mut dst[d0..d1], &a[a0..a1], &b[b0..b1]))
+    Ok((&mut dst[d0..d1], a, b))
 }
 
 impl Moment {
@@ -180,6 +178,7 @@ mod cuda {
     use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaStorage, DType, Layout};
     use denoise_model::cuda_kernels::{elementwise, function, ADAM};
+    use denoise_model::operands::cuda_view;
 
     /// Launches `{name}_{float,double}(n, dst, a, b, scalars..., [flag])` over the operands.
     pub(super) fn launch<const K: usize>(
@@ -206,15 +205,13 @@ mod cuda {
         flag: Option<bool>,
     ) -> candle_core::Result<()> {
         let n = dl.shape().elem_count();
-        for l in [dl, al, bl] {
-            if !l.is_contiguous() || l.shape().elem_count() != n {
-                candle_core::bail!("adam: operands must be contiguous and of one size");
-            }
+        if !dl.is_contiguous() || [al, bl].iter().any(|l| l.shape().elem_count() != n) {
+            candle_core::bail!("adam: operands must be contiguous and of one size");
         }
         let dev = dst.device().clone();
         let func = function(&dev, "denoise_adam", ADAM, name, T::DTYPE)?;
-        let a = a.as_cuda_slice::<T>()?.slice(al.start_offset()..);
-        let b = b.as_cuda_slice::<T>()?.slice(bl.start_offset()..);
+        let a = cuda_view::<T>(a, al, "adam")?;
+        let b = cuda_view::<T>(b, bl, "adam")?;
         let mut d = dst.as_cuda_slice_mut::<T>()?.slice_mut(dl.start_offset()..);
         let flag = flag.map(i32::from);
         let stream = dev.cuda_stream();
