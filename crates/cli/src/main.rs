@@ -74,6 +74,9 @@ struct BenchArgs {
     repeats: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// The network's precision for the inference timing (training is always f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
     /// Write the result as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -105,6 +108,23 @@ struct SelftestArgs {
     /// Write the checks as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+            Self::F16 => candle_core::DType::F16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -245,6 +265,10 @@ struct EvalArgs {
     /// Write a PNG grid of noisy / denoised / clean images.
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// The network's precision: f32, or bf16 / f16 (half the memory traffic; made for GPUs,
+    /// emulated slowly on the CPU). Normalisation, softmax and the skip path stay in f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -287,6 +311,10 @@ struct GenerateArgs {
     /// Images with more pixels than this are denoised in overlapping 256x256 tiles.
     #[arg(long, default_value_t = 512 * 512)]
     whole_limit: usize,
+    /// The network's precision: f32, or bf16 / f16 (half the memory traffic; made for GPUs,
+    /// emulated slowly on the CPU). Normalisation, softmax and the skip path stay in f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -297,7 +325,8 @@ const SHIPPED_MODEL: &str = concat!(
     "/../../models/cond-unet-cifar10.safetensors"
 );
 
-fn load_model(path: Option<&Path>, device: &Device) -> Result<Model> {
+/// Loads a checkpoint (the shipped model when `path` is `None`) with its network in `dtype`.
+fn load_model(path: Option<&Path>, device: &Device, dtype: DtypeArg) -> Result<Model> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
@@ -313,7 +342,9 @@ fn load_model(path: Option<&Path>, device: &Device) -> Result<Model> {
             p
         }
     };
-    Model::load(&path, device).with_context(|| format!("loading the model {}", path.display()))
+    let model = Model::load(&path, device)
+        .with_context(|| format!("loading the model {}", path.display()))?;
+    Ok(model.to_dtype(dtype.dtype())?)
 }
 
 fn pick_device(d: DeviceArg) -> Result<Device> {
@@ -503,8 +534,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = Model::load(&a.model, &device)
-        .with_context(|| format!("loading the model {}", a.model.display()))?;
+    let model = load_model(Some(&a.model), &device, a.dtype)?;
     let all = load_test_data(&a.data, is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
@@ -534,9 +564,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         )?);
     }
     println!(
-        "model {} ({}), {} test images, noise seed {}",
+        "model {} ({}, {}), {} test images, noise seed {}",
         a.model.display(),
         model.config().arch(),
+        model.dtype().as_str(),
         test.n,
         a.seed
     );
@@ -545,6 +576,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         let json = serde_json::json!({
             "model": a.model.display().to_string(),
             "arch": model.config().arch(),
+            "dtype": model.dtype().as_str(),
             "images": test.n,
             "seed": a.seed,
             "results": results,
@@ -577,7 +609,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         .image
         .as_deref()
         .expect("clap requires --image without --random");
-    let model = load_model(a.model.as_deref(), &device)?;
+    let model = load_model(a.model.as_deref(), &device, a.dtype)?;
     if !input.exists() {
         bail!("--image {}: no such file or folder", input.display());
     }
@@ -718,7 +750,7 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     if a.count == 0 || a.steps == 0 {
         bail!("--count and --steps must be at least 1");
     }
-    let model = load_model(a.model.as_deref(), device)?;
+    let model = load_model(a.model.as_deref(), device, a.dtype)?;
     if !model.is_conditioned() {
         bail!(
             "{} is a blind denoiser and cannot sample new images: use a cond-unet model",
@@ -847,12 +879,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         a.size,
         a.steps,
         a.repeats,
+        a.dtype.dtype(),
     )?;
     println!(
         "{} ({} parameters) on {}: train {:.1} img/s (batch {}, min {:.1}, max {:.1}; {:.1} GFLOP/s), \
-         inference {:.1} img/s (batch {}, min {:.1}, max {:.1}; {:.1} GFLOP/s), {} threads, peak RSS {:.0} MB",
+         inference ({}) {:.1} img/s (batch {}, min {:.1}, max {:.1}; {:.1} GFLOP/s), {} threads, peak RSS {:.0} MB",
         r.arch, r.params, r.device, r.train_img_per_s.median, r.train_batch, r.train_img_per_s.min, r.train_img_per_s.max,
-        r.train_gflops, r.infer_img_per_s.median, r.infer_batch, r.infer_img_per_s.min, r.infer_img_per_s.max,
+        r.train_gflops, r.infer_dtype, r.infer_img_per_s.median, r.infer_batch, r.infer_img_per_s.min, r.infer_img_per_s.max,
         r.infer_gflops, r.threads, r.peak_rss_mb
     );
     if let Some(path) = &a.json {

@@ -14,10 +14,20 @@ use crate::cpu_conv::Float;
 use crate::operands::{binary, BinaryKernel};
 use crate::Result;
 
-/// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`.
+/// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`: one op where our kernels
+/// run ([`crate::operands::own_kernels_for`]), else [`bias_relu`].
 pub fn bias_act(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    if !crate::operands::own_kernels_for(y) {
+        return bias_relu(y, b, relu);
+    }
     Ok(y.contiguous()?
         .apply_op2(&b.contiguous()?, BiasAct { relu })?)
+}
+
+/// `relu?(y + b)` with `b` added per channel, from candle's ops.
+pub fn bias_relu(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+    Ok(if relu { y.relu()? } else { y })
 }
 
 struct BiasAct {

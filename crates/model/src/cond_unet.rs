@@ -214,7 +214,10 @@ impl Attention {
         let k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
         let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
         let scores = (q.t()?.contiguous()?.matmul(&k.contiguous()?)? / (c as f64).sqrt())?; // (n, p, p)
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+                                                                                            // In f32 whatever the network's dtype (as autocast does): a bf16 sum of 64 or more
+                                                                                            // exponentials keeps about 3 significant digits.
+        let attn = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+            .to_dtype(scores.dtype())?;
         let out = v.contiguous()?.matmul(&attn.t()?.contiguous()?)?; // (n, c, p)
         let out = self.proj.forward(&out.reshape((n, c, h, w))?)?;
         Ok(((x + out)? * std::f64::consts::FRAC_1_SQRT_2)?)
@@ -347,22 +350,30 @@ impl CondUnet {
         &self.vars
     }
 
-    /// The noise embedding of `c_noise` `(N,)`: `(N, emb_dim)`.
+    /// The dtype of the weights (and of the activations inside [`CondUnet::raw`]).
+    pub fn dtype(&self) -> DType {
+        self.vars[0].1.dtype()
+    }
+
+    /// The noise embedding of `c_noise` `(N,)`: `(N, emb_dim)`. The sinusoidal features are
+    /// computed in `c_noise`'s dtype (phases up to 100 c_noise need more than bf16's 8 bits) and
+    /// then rounded to the network's.
     fn embed(&self, c_noise: &Tensor) -> Result<Tensor> {
         let n = c_noise.dim(0)?;
         let f = Tensor::from_slice(&self.freqs, (1, self.freqs.len()), &Device::Cpu)?
             .to_device(c_noise.device())?
             .to_dtype(c_noise.dtype())?;
         let arg = c_noise.reshape((n, 1))?.broadcast_mul(&f)?;
-        let feats = Tensor::cat(&[arg.cos()?, arg.sin()?], 1)?;
+        let feats = Tensor::cat(&[arg.cos()?, arg.sin()?], 1)?.to_dtype(self.dtype())?;
         let e = candle_nn::ops::silu(&self.map1.forward(&feats)?)?;
         Ok(candle_nn::ops::silu(&self.map2.forward(&e)?)?)
     }
 
-    /// The raw network `F(x; c_noise)`; dropout is on when `rng` is given.
+    /// The raw network `F(x; c_noise)`; dropout is on when `rng` is given. It runs in the
+    /// weights' dtype ([`CondUnet::dtype`]): `x` is rounded to it, and so is the result.
     pub fn raw(&self, x: &Tensor, c_noise: &Tensor, mut rng: Option<&mut Rng64>) -> Result<Tensor> {
         let emb = self.embed(c_noise)?;
-        let mut h = self.stem.forward(x)?;
+        let mut h = self.stem.forward(&x.to_dtype(self.dtype())?)?;
         let mut skips = Vec::new();
         let levels = self.enc.len();
         for (lvl, blocks) in self.enc.iter().enumerate() {
@@ -411,7 +422,10 @@ impl CondUnet {
         let c_noise = (s.log()? / 4.0)?;
         let col = |t: &Tensor| t.reshape((n, 1, 1, 1));
         let x = ((noisy * 2.0)? - 1.0)?;
-        let f = self.raw(&x.broadcast_mul(&col(&c_in)?)?, &c_noise, rng)?;
+        // The preconditioning stays in the input's dtype; only F runs in the weights'.
+        let f = self
+            .raw(&x.broadcast_mul(&col(&c_in)?)?, &c_noise, rng)?
+            .to_dtype(x.dtype())?;
         let d = (x.broadcast_mul(&col(&c_skip)?)? + f.broadcast_mul(&col(&c_out)?)?)?;
         Ok(((d + 1.0)? * 0.5)?)
     }

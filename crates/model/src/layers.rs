@@ -62,23 +62,40 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         if REFERENCE_CONVS.get() {
-            let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
             return reference_conv(&x, w, b, self.kernel / 2, self.relu);
         }
-        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-            let op = FusedConv {
-                padding: self.kernel / 2,
-                relu: self.relu,
-                kernels: Mutex::new(None),
-            };
-            return Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?);
+        let dtype = x.dtype();
+        if x.device().is_cpu() {
+            if matches!(dtype, DType::BF16 | DType::F16) {
+                // candle's CPU convolution has no bf16. Half precision is emulated as a GPU's
+                // tensor cores compute it: half operands, f32 arithmetic, one rounding.
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+                let y = self.cpu_conv(&f32(&x)?, &f32(w)?, &f32(b)?)?;
+                return Ok(y.to_dtype(dtype)?);
+            }
+            return self.cpu_conv(&x, w, b);
         }
-        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if !crate::operands::own_kernels_for(&x) {
+            // Half precision off the CPU: candle's convolution, which accumulates in f32 (cuDNN
+            // with an f32 compute type in builds with `cudnn`, cuBLAS otherwise).
+            return reference_conv(&x, w, b, self.kernel / 2, self.relu);
+        }
         if cfg!(feature = "cudnn") && x.device().is_cuda() && use_cudnn() {
             return cudnn_conv(&x, w, b, self.kernel / 2, self.relu);
         }
         device_conv(&x, w, b, self.kernel / 2, self.relu)
+    }
+
+    /// The fused CPU op (f32 or f64).
+    fn cpu_conv(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let op = FusedConv {
+            padding: self.kernel / 2,
+            relu: self.relu,
+            kernels: Mutex::new(None),
+        };
+        Ok(x.apply_op3(w, b, op)?)
     }
 }
 
@@ -139,12 +156,6 @@ pub fn cudnn_conv(
     relu: bool,
 ) -> Result<Tensor> {
     crate::bias_act::bias_act(&crate::cudnn_conv::conv(x, w, padding)?, b, relu)
-}
-
-/// `relu?(y + b)` with `b` added per channel, from candle's ops.
-fn bias_relu(y: Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
-    let y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
-    Ok(if relu { y.relu()? } else { y })
 }
 
 /// `(x, w, y) -> y` where `y = conv2d(x, w)` was computed outside the graph; the backward gives
@@ -212,7 +223,7 @@ pub fn reference_conv(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    bias_relu(x.conv2d(w, padding, 1, 1, 1)?, b, relu)
+    crate::bias_act::bias_relu(&x.conv2d(w, padding, 1, 1, 1)?, b, relu)
 }
 
 /// `relu?(conv2d(x, w, same padding) + b)` as one op with a backward made of forward convolutions.
@@ -403,11 +414,7 @@ impl ConvTranspose2x2 {
 /// gradient on ties).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if crate::operands::has_own_kernels(x.device())
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && h % 2 == 0
-        && w % 2 == 0
-    {
+    if crate::operands::own_kernels_for(x) && h % 2 == 0 && w % 2 == 0 {
         return Ok(x.contiguous()?.apply_op1(MaxPool2x2)?);
     }
     Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)

@@ -25,7 +25,7 @@ pub mod seed_unet;
 pub mod tiles;
 pub mod winograd;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::Checkpoint;
@@ -110,10 +110,40 @@ pub enum Model {
 impl Model {
     /// A freshly initialised network.
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::with_dtype(config, device, DType::F32, seed)
+    }
+
+    /// A freshly initialised network whose weights (and activations) have `dtype`: f32 for
+    /// training, f64 for the gradient checks, bf16 or f16 for half-precision inference. Inputs
+    /// and outputs keep the caller's dtype whatever the network's (see [`Model::forward`]).
+    pub fn with_dtype(
+        config: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
         Ok(match config {
-            ModelConfig::SeedUnet(c) => Self::SeedUnet(SeedUnet::new(c.clone(), device, seed)?),
-            ModelConfig::CondUnet(c) => Self::CondUnet(CondUnet::new(c.clone(), device, seed)?),
+            ModelConfig::SeedUnet(c) => {
+                Self::SeedUnet(SeedUnet::with_dtype(c.clone(), device, dtype, seed)?)
+            }
+            ModelConfig::CondUnet(c) => {
+                Self::CondUnet(CondUnet::with_dtype(c.clone(), device, dtype, seed)?)
+            }
         })
+    }
+
+    /// The same network with its weights rounded (or widened) to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let model = Self::with_dtype(&self.config(), self.device(), dtype, 0)?;
+        for ((_, to), (_, from)) in model.vars().iter().zip(self.vars()) {
+            to.set(&from.as_tensor().to_dtype(dtype)?)?;
+        }
+        Ok(model)
+    }
+
+    /// The dtype of the weights, in which the network runs.
+    pub fn dtype(&self) -> DType {
+        self.vars()[0].1.dtype()
     }
 
     pub fn config(&self) -> ModelConfig {
@@ -220,6 +250,11 @@ impl Model {
     /// The denoised images for a noisy batch around `[0, 1]`; `sigma` `(N,)` is each image's
     /// noise level on the same scale (required by `cond-unet`, ignored by the blind
     /// `seed-unet`). Dropout is on when `rng` is given. Not clipped.
+    ///
+    /// The result has `noisy`'s dtype. A network of another dtype ([`Model::to_dtype`]) runs in
+    /// its own: `noisy` is rounded to it on the way in, the network's output widened on the way
+    /// out, and the skip connection (seed-unet's subtraction, cond-unet's preconditioning) is
+    /// computed in `noisy`'s dtype. Half-precision networks normalise and take softmaxes in f32.
     pub fn forward(
         &self,
         noisy: &Tensor,

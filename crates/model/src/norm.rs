@@ -52,27 +52,37 @@ impl GroupNorm {
         })
     }
 
-    /// Normalises `x` `(N, C, H, W)`; applies SiLU after the affine map when `silu`.
+    /// Normalises `x` `(N, C, H, W)`; applies SiLU after the affine map when `silu`. Half
+    /// precision (bf16 inference) is normalised in f32 and rounded back once: a group's mean and
+    /// variance summed in bf16 would keep only about 3 significant digits.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
+        let dtype = x.dtype();
+        if matches!(dtype, DType::BF16 | DType::F16) {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let y = self.forward_with(&f32(x)?, &f32(gamma)?, &f32(beta)?, silu)?;
+            return Ok(y.to_dtype(dtype)?);
+        }
+        self.forward_with(x, gamma, beta, silu)
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        silu: bool,
+    ) -> Result<Tensor> {
         let x = x.contiguous()?;
-        if crate::operands::has_own_kernels(x.device())
-            && matches!(x.dtype(), DType::F32 | DType::F64)
-        {
+        if crate::operands::own_kernels_for(&x) {
             let op = FusedGroupNorm {
                 groups: self.groups,
                 eps: self.eps,
                 silu,
             };
-            return Ok(x.apply_op3(self.gamma.as_tensor(), self.beta.as_tensor(), op)?);
+            return Ok(x.apply_op3(gamma, beta, op)?);
         }
-        reference_group_norm(
-            &x,
-            self.gamma.as_tensor(),
-            self.beta.as_tensor(),
-            self.groups,
-            self.eps,
-            silu,
-        )
+        reference_group_norm(&x, gamma, beta, self.groups, self.eps, silu)
     }
 }
 

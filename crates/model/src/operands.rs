@@ -12,6 +12,13 @@ pub fn has_own_kernels(device: &candle_core::Device) -> bool {
     device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
 }
 
+/// Whether our custom ops run on `t`: on a device with our kernels ([`has_own_kernels`]) and in
+/// f32 or f64. Half-precision tensors (bf16 inference, `Model::with_dtype`) take candle's ops.
+pub fn own_kernels_for(t: &candle_core::Tensor) -> bool {
+    has_own_kernels(t.device())
+        && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
 /// The values of a contiguous operand.
 pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {

@@ -139,8 +139,17 @@ impl SeedUnet {
         &self.vars
     }
 
+    /// The dtype of the weights (and of the activations inside [`SeedUnet::forward`]).
+    pub fn dtype(&self) -> DType {
+        self.vars[0].1.dtype()
+    }
+
     /// Denoises `x` `(N, C, H, W)`, H and W multiples of 8. Dropout is active when `rng` is given.
+    /// The network runs in the weights' dtype ([`SeedUnet::dtype`]) and predicts the noise,
+    /// which is subtracted from `x` in `x`'s own dtype.
     pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng64>) -> Result<Tensor> {
+        let input = x;
+        let x = &x.to_dtype(self.dtype())?;
         let e1 = self.enc1.forward(x)?;
         let e2 = self.enc2.forward(&max_pool2x2(&e1)?)?;
         let e3 = self.enc3.forward(&max_pool2x2(&e2)?)?;
@@ -156,7 +165,7 @@ impl SeedUnet {
         let d2 = dropout(&self.dec2.forward(&d2)?, self.config.dec_dropout, rng)?;
         let d1 = Tensor::cat(&[&self.up1.forward(&d2)?, &e1], 1)?;
         let d1 = self.dec1.forward(&d1)?;
-        let noise = self.out.forward(&d1)?;
-        Ok((x - noise)?)
+        let noise = self.out.forward(&d1)?.to_dtype(input.dtype())?;
+        Ok((input - noise)?)
     }
 }

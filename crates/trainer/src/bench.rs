@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use denoise_loss::MixLoss;
 use denoise_model::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub struct BenchResult {
     pub size: usize,
     pub train_img_per_s: Stats,
     pub infer_img_per_s: Stats,
+    /// The network's dtype during inference (`f32`, or `bf16`/`f16` for half precision);
+    /// training is always f32.
+    #[serde(default = "f32_name")]
+    pub infer_dtype: String,
     pub device: String,
     /// Compute threads candle uses.
     pub threads: usize,
@@ -50,6 +54,10 @@ pub struct BenchResult {
     pub infer_gflops: f64,
     /// Peak resident memory of the process so far, in MB (Linux only; 0 elsewhere).
     pub peak_rss_mb: f64,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// Keeps freed activation buffers in the heap instead of returning them to the kernel.
@@ -82,7 +90,9 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Times `repeats` rounds of `steps` training steps and of `steps` inference batches.
+/// Times `repeats` rounds of `steps` training steps (f32) and of `steps` inference batches
+/// (the network in `infer_dtype`, see [`Model::to_dtype`]).
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     config: &ModelConfig,
     device: &Device,
@@ -91,8 +101,10 @@ pub fn bench(
     size: usize,
     steps: usize,
     repeats: usize,
+    infer_dtype: DType,
 ) -> Result<BenchResult> {
     let model = Model::new(config, device, 0)?;
+    let infer_model = model.to_dtype(infer_dtype)?;
     let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
     let loss_fn = MixLoss::default();
     let clean = Tensor::rand(
@@ -119,7 +131,7 @@ pub fn bench(
         Ok(())
     };
     let infer_step = || -> Result<()> {
-        let y = model.forward(&infer, Some(&infer_sigma), None)?;
+        let y = infer_model.forward(&infer, Some(&infer_sigma), None)?;
         y.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };
@@ -155,6 +167,7 @@ pub fn bench(
         size,
         train_img_per_s: train,
         infer_img_per_s: infer,
+        infer_dtype: infer_dtype.as_str().to_string(),
         device: format!("{device:?}"),
     })
 }

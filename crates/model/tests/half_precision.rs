@@ -1,0 +1,113 @@
+//! Half-precision inference: a network rounded to bf16 or f16 ([`Model::to_dtype`]) runs in
+//! that dtype, takes and returns f32, and stays close to the f32 network.
+
+use candle_core::{DType, Device, Tensor};
+use denoise_model::{CondUnetConfig, Model, ModelConfig, SeedUnetConfig};
+
+mod common;
+use common::{rand, vec64};
+
+fn configs() -> Vec<ModelConfig> {
+    vec![
+        ModelConfig::SeedUnet(SeedUnetConfig {
+            base: 8,
+            ..Default::default()
+        }),
+        ModelConfig::CondUnet(CondUnetConfig {
+            base: 8,
+            mults: vec![1, 2],
+            blocks: 1,
+            attention: true,
+            emb_dim: 16,
+            ..Default::default()
+        }),
+    ]
+}
+
+/// A network whose every weight has a random value (cond-unet's last layer starts at zero, which
+/// would hide the network behind its skip connection).
+fn random_model(config: &ModelConfig) -> Model {
+    let model = Model::new(config, &Device::Cpu, 5).unwrap();
+    for (i, (name, var)) in model.vars().iter().enumerate() {
+        if name.starts_with("out.") {
+            let v = (rand(var.dims(), 100 + i as u64) * 0.2).unwrap();
+            var.set(&v.to_dtype(DType::F32).unwrap()).unwrap();
+        }
+    }
+    model
+}
+
+fn batch() -> (Tensor, Tensor) {
+    let x = (rand(&[3, 3, 16, 16], 7) * 0.5)
+        .unwrap()
+        .affine(1.0, 0.5)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let sigma = Tensor::new(&[0.02f32, 0.1, 0.3], &Device::Cpu).unwrap();
+    (x, sigma)
+}
+
+/// `max |a - b|` on the pixel scale.
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    vec64(a)
+        .iter()
+        .zip(vec64(b))
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn half_precision_networks_stay_close_to_f32() {
+    let (x, sigma) = batch();
+    for config in configs() {
+        let model = random_model(&config);
+        let full = model.forward(&x, Some(&sigma), None).unwrap();
+        // bf16 keeps 8 significant bits, f16 11: errors about 2^-9 and 2^-12 of the activations.
+        for (dtype, lo, hi) in [(DType::BF16, 1e-5, 2e-2), (DType::F16, 1e-6, 3e-3)] {
+            let half = model.to_dtype(dtype).unwrap();
+            assert_eq!(half.dtype(), dtype);
+            assert!(half.vars().iter().all(|(_, v)| v.dtype() == dtype));
+            let y = half.forward(&x, Some(&sigma), None).unwrap();
+            assert_eq!(y.dtype(), DType::F32, "the result keeps the input's dtype");
+            let err = max_abs(&y, &full);
+            // Not zero: the network did run in half precision.
+            assert!(
+                err > lo && err < hi,
+                "{} in {dtype:?}: max error {err:e}, expected in ({lo:e}, {hi:e})",
+                config.arch()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_network_rounded_and_widened_again_has_rounded_weights() {
+    let model = random_model(&configs()[1]);
+    let back = model
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    for ((name, a), (_, b)) in model.vars().iter().zip(back.vars()) {
+        let (a, b) = (vec64(a.as_tensor()), vec64(b.as_tensor()));
+        for (x, y) in a.iter().zip(&b) {
+            // Rounding to 8 significant bits: within half a unit of the last, 2^-8 relative.
+            assert!((x - y).abs() <= x.abs() / 256.0, "{name}: {x} -> {y}");
+        }
+    }
+}
+
+#[test]
+fn half_precision_denoises_images_of_any_size() {
+    let model = random_model(&configs()[1]).to_dtype(DType::BF16).unwrap();
+    let x = (rand(&[1, 3, 13, 21], 9) * 0.5)
+        .unwrap()
+        .affine(1.0, 0.5)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let y = model.denoise_any_size(&x, &[0.1]).unwrap();
+    assert_eq!(y.dims(), &[1, 3, 13, 21]);
+    assert_eq!(y.dtype(), DType::F32);
+    assert!(vec64(&y).iter().all(|v| (0.0..=1.0).contains(v)));
+}
