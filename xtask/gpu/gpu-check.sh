@@ -148,6 +148,10 @@ summary = {
     "bench_cond_unet": load("bench-cond-unet.json"),
     "train_cond_unet": [json.loads(l) for l in (text("cond-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_cond_unet": load("eval-cond-unet.json"),
+    "bf16": {"bench_seed_unet": load("bench-seed-unet-bf16.json"),
+             "pytorch": load("torch-bench-bf16.json"),
+             "infer_ratio_vs_pytorch_bf16": ratio(load("bench-seed-unet-bf16.json"), load("torch-bench-bf16.json"), "infer_img_per_s"),
+             "eval_cond_unet": load("eval-cond-unet-bf16.json")},
 }
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(summary, f, indent=1)
@@ -157,6 +161,7 @@ print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["i
       "denoise-cudnn", b["cudnn_train_ratio_vs_pytorch"], b["cudnn_infer_ratio_vs_pytorch"])
 print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
+print("vs PyTorch bf16 autocast, infer:", summary["bf16"]["infer_ratio_vs_pytorch_bf16"])
 PY
 }
 
@@ -186,6 +191,12 @@ run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json 
 run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
 run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
+summarize > /dev/null
+# bf16 inference: speed against PyTorch's autocast, and the GPU-trained cond-unet's eval table.
+run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 $B --json "$OUT/bench-seed-unet-bf16.json"
+run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --infer-dtype bf16
+tail -n 1 "$OUT/torch-bench-bf16.log" > "$OUT/torch-bench-bf16.json"
+run eval-cond-unet-bf16 45 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --dtype bf16 --device "$DEVICE" --json "$OUT/eval-cond-unet-bf16.json"
 
 log "summary"
 summarize

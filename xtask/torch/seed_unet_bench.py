@@ -78,6 +78,8 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
+    p.add_argument("--infer-dtype", choices=["f32", "bf16", "f16"], default="f32",
+                   help="inference under autocast to this dtype (training stays f32)")
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -102,9 +104,12 @@ def main():
         opt.step()
         return loss
 
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(a.infer_dtype)
+
     def infer_step():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(dev.type, dtype=half or torch.float32,
+                                             enabled=half is not None):
             return model(infer)
 
     for _ in range(2):
@@ -126,6 +131,7 @@ def main():
         "framework": "pytorch", "version": torch.__version__, "device": str(dev),
         "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
         "train_batch": a.batch, "infer_batch": a.infer_batch, "tf32": a.tf32,
+        "infer_dtype": a.infer_dtype,
         "train_img_per_s": stats(tr), "infer_img_per_s": stats(inf),
     }))
 

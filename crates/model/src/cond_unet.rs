@@ -213,10 +213,11 @@ impl Attention {
         let q = qkv.narrow(1, 0, 1)?.squeeze(1)?; // (n, c, p)
         let k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
         let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
-        let scores = (q.t()?.contiguous()?.matmul(&k.contiguous()?)? / (c as f64).sqrt())?; // (n, p, p)
-                                                                                            // In f32 whatever the network's dtype (as autocast does): a bf16 sum of 64 or more
-                                                                                            // exponentials keeps about 3 significant digits.
-        let attn = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+        // (n, p, p)
+        let scores = (q.t()?.contiguous()?.matmul(&k.contiguous()?)? / (c as f64).sqrt())?;
+        // In at least f32 (as autocast does): a bf16 sum of 64 or more exponentials keeps about
+        // 3 significant digits.
+        let attn = candle_nn::ops::softmax(&crate::operands::widened(&scores)?, D::Minus1)?
             .to_dtype(scores.dtype())?;
         let out = v.contiguous()?.matmul(&attn.t()?.contiguous()?)?; // (n, c, p)
         let out = self.proj.forward(&out.reshape((n, c, h, w))?)?;

@@ -68,14 +68,11 @@ impl Conv2d {
         }
         let dtype = x.dtype();
         if x.device().is_cpu() {
-            if matches!(dtype, DType::BF16 | DType::F16) {
-                // candle's CPU convolution has no bf16. Half precision is emulated as a GPU's
-                // tensor cores compute it: half operands, f32 arithmetic, one rounding.
-                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-                let y = self.cpu_conv(&f32(&x)?, &f32(w)?, &f32(b)?)?;
-                return Ok(y.to_dtype(dtype)?);
-            }
-            return self.cpu_conv(&x, w, b);
+            // candle's CPU convolution has no bf16. Half precision is emulated as a GPU's tensor
+            // cores compute it: half operands, f32 arithmetic, one rounding.
+            use crate::operands::widened;
+            let y = self.cpu_conv(&widened(&x)?, &widened(w)?, &widened(b)?)?;
+            return Ok(y.to_dtype(dtype)?);
         }
         if !crate::operands::own_kernels_for(&x) {
             // Half precision off the CPU: candle's convolution, which accumulates in f32 (cuDNN

@@ -56,14 +56,10 @@ impl GroupNorm {
     /// precision (bf16 inference) is normalised in f32 and rounded back once: a group's mean and
     /// variance summed in bf16 would keep only about 3 significant digits.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        use crate::operands::widened;
         let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
-        let dtype = x.dtype();
-        if matches!(dtype, DType::BF16 | DType::F16) {
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let y = self.forward_with(&f32(x)?, &f32(gamma)?, &f32(beta)?, silu)?;
-            return Ok(y.to_dtype(dtype)?);
-        }
-        self.forward_with(x, gamma, beta, silu)
+        let y = self.forward_with(&widened(x)?, &widened(gamma)?, &widened(beta)?, silu)?;
+        Ok(y.to_dtype(x.dtype())?)
     }
 
     fn forward_with(

@@ -19,6 +19,15 @@ pub fn own_kernels_for(t: &candle_core::Tensor) -> bool {
         && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
+/// `t` in f32 when it is half precision (bf16 or f16), else `t` itself: for the sums that half
+/// precision cannot carry (normalisation statistics, softmax denominators).
+pub fn widened(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    match t.dtype() {
+        candle_core::DType::BF16 | candle_core::DType::F16 => t.to_dtype(candle_core::DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
 /// The values of a contiguous operand.
 pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {

@@ -17,6 +17,9 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// The largest relative error of the bf16 forward check.
+pub const HALF_TOL: f64 = 5e-2;
+
 fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
     let a = a
         .to_device(&Device::Cpu)?
@@ -85,11 +88,11 @@ fn selftest_one(
     let loss = MixLoss::default();
     let arch = config.arch();
     let mut checks = Vec::new();
-    let mut push = |name: String, e: f64| {
+    let mut push = |name: String, e: f64, limit: f64| {
         checks.push(Check {
             name: format!("{arch} {name}"),
             rel_err: e,
-            passed: e < tol,
+            passed: e < limit,
         })
     };
 
@@ -99,18 +102,31 @@ fn selftest_one(
         Some(&sigma.to_device(device)?),
         None,
     )?;
-    push("forward".into(), rel(&out_d, &out_c)?);
+    push("forward".into(), rel(&out_d, &out_c)?, tol);
+    // Half-precision inference on the device (candle's and cuDNN's bf16 paths on CUDA) against
+    // the CPU's f32 network: bf16's 8 significant bits allow errors near 1e-2 (the CPU's own bf16
+    // is within 1e-2 of its f32), while a wrong kernel or layout is off by the signal itself.
+    let out_h = dev.to_dtype(DType::BF16)?.forward(
+        &noisy.to_device(device)?,
+        Some(&sigma.to_device(device)?),
+        None,
+    )?;
+    push(
+        "bf16 forward".into(),
+        rel(&out_h, &out_c)?,
+        HALF_TOL.max(tol),
+    );
     let l_c = loss.forward(&out_c, &clean)?;
     let l_d = loss.forward(&out_d, &clean.to_device(device)?)?;
-    push("loss".into(), rel(&l_d, &l_c)?);
+    push("loss".into(), rel(&l_d, &l_c)?, tol);
     let g_c = l_c.backward()?;
     let mut g_d = l_d.backward()?;
     for ((name, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
         let (Some(ga), Some(gb)) = (g_c.get(a.as_tensor()), g_d.get(b.as_tensor())) else {
-            push(format!("grad {name} (missing)"), f64::INFINITY);
+            push(format!("grad {name} (missing)"), f64::INFINITY, tol);
             continue;
         };
-        push(format!("grad {name}"), rel(gb, ga)?);
+        push(format!("grad {name}"), rel(gb, ga)?, tol);
     }
 
     // Two Adam steps from the same (the CPU's) gradients on both devices: the optimizer's
@@ -130,6 +146,6 @@ fn selftest_one(
     for ((_, a), (_, b)) in cpu.vars().iter().zip(dev.vars()) {
         worst = worst.max(rel(b.as_tensor(), a.as_tensor())?);
     }
-    push("adam steps".into(), worst);
+    push("adam steps".into(), worst, tol);
     Ok(checks)
 }
