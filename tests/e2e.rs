@@ -840,6 +840,27 @@ fn shipped_model_works_without_training() {
         db(&den)
     );
 
+    // The same with the network in bf16: within 0.1 dB of f32.
+    let out16 = tmp.path().join("clean-bf16.png");
+    ok(&[
+        "generate",
+        "--image",
+        np.to_str().unwrap(),
+        "--out",
+        out16.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    ]);
+    let den16 = image::open(&out16).unwrap().to_rgb8();
+    assert!(
+        (db(&den16) - db(&den)).abs() < 0.1,
+        "bf16 {:.3} dB, f32 {:.3} dB",
+        db(&den16),
+        db(&den)
+    );
+
     let grid = tmp.path().join("new.png");
     let text = ok(&[
         "generate",
