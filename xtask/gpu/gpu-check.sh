@@ -9,7 +9,7 @@
 # and benchmarked; training, evaluation and sampling use denoise-cudnn where its selftest passes.
 #
 # A dry run without a GPU (to check this script): put CPU builds in place of both binaries and run
-# `DEVICE=cpu STEPS=4 BENCH_STEPS=1 EVAL_LIMIT=20 bash gpu-check.sh`.
+# `DEVICE=cpu STEPS=4 BENCH_STEPS=1 EVAL_LIMIT=20 BF16_BATCH=4 bash gpu-check.sh`.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
@@ -18,6 +18,7 @@ mkdir -p "$OUT"
 STEPS=${STEPS:-300}
 BENCH_STEPS=${BENCH_STEPS:-10}
 EVAL_LIMIT=${EVAL_LIMIT:-1000}
+BF16_BATCH=${BF16_BATCH:-256}   # inference batch of the bf16 benchmarks (ours and PyTorch's)
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-$HERE/work}   # checkpoints (large) go here, not to $OUT
 mkdir -p "$WORK"
@@ -193,8 +194,8 @@ run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --dat
 run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
 summarize > /dev/null
 # bf16 inference: speed against PyTorch's autocast, and the GPU-trained cond-unet's eval table.
-run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 $B --json "$OUT/bench-seed-unet-bf16.json"
-run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --infer-dtype bf16
+run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 --infer-batch "$BF16_BATCH" $B --json "$OUT/bench-seed-unet-bf16.json"
+run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --infer-dtype bf16 --infer-batch "$BF16_BATCH"
 tail -n 1 "$OUT/torch-bench-bf16.log" > "$OUT/torch-bench-bf16.json"
 run eval-cond-unet-bf16 45 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --dtype bf16 --device "$DEVICE" --json "$OUT/eval-cond-unet-bf16.json"
 

@@ -265,8 +265,8 @@ struct EvalArgs {
     /// Write a PNG grid of noisy / denoised / clean images.
     #[arg(long)]
     grid: Option<PathBuf>,
-    /// The network's precision: f32, or bf16 / f16 (half the memory traffic; made for GPUs,
-    /// emulated slowly on the CPU). Normalisation, softmax and the skip path stay in f32.
+    /// The network's precision: f32, or bf16 / f16 (half the memory traffic: for GPUs; the CPU
+    /// emulates them, a little slower). Normalisation, softmax and the skip path stay in f32.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "auto")]
@@ -311,8 +311,8 @@ struct GenerateArgs {
     /// Images with more pixels than this are denoised in overlapping 256x256 tiles.
     #[arg(long, default_value_t = 512 * 512)]
     whole_limit: usize,
-    /// The network's precision: f32, or bf16 / f16 (half the memory traffic; made for GPUs,
-    /// emulated slowly on the CPU). Normalisation, softmax and the skip path stay in f32.
+    /// The network's precision: f32, or bf16 / f16 (half the memory traffic: for GPUs; the CPU
+    /// emulates them, a little slower). Normalisation, softmax and the skip path stay in f32.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "auto")]

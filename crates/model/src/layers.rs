@@ -68,8 +68,9 @@ impl Conv2d {
         }
         let dtype = x.dtype();
         if x.device().is_cpu() {
-            // candle's CPU convolution has no bf16. Half precision is emulated as a GPU's tensor
-            // cores compute it: half operands, f32 arithmetic, one rounding.
+            // f32 and f64 run as they are. candle's CPU convolution has no bf16, so half
+            // precision is emulated as a GPU's tensor cores compute it: half operands, f32
+            // arithmetic, one rounding.
             use crate::operands::widened;
             let y = self.cpu_conv(&widened(&x)?, &widened(w)?, &widened(b)?)?;
             return Ok(y.to_dtype(dtype)?);

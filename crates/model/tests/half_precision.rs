@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use denoise_model::{CondUnetConfig, Model, ModelConfig, SeedUnetConfig};
 
 mod common;
-use common::{rand, vec64};
+use common::{images, rand, vec64};
 
 fn configs() -> Vec<ModelConfig> {
     vec![
@@ -38,12 +38,7 @@ fn random_model(config: &ModelConfig) -> Model {
 }
 
 fn batch() -> (Tensor, Tensor) {
-    let x = (rand(&[3, 3, 16, 16], 7) * 0.5)
-        .unwrap()
-        .affine(1.0, 0.5)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
+    let x = images(&[3, 3, 16, 16], 7);
     let sigma = Tensor::new(&[0.02f32, 0.1, 0.3], &Device::Cpu).unwrap();
     (x, sigma)
 }
@@ -100,12 +95,7 @@ fn a_network_rounded_and_widened_again_has_rounded_weights() {
 #[test]
 fn half_precision_denoises_images_of_any_size() {
     let model = random_model(&configs()[1]).to_dtype(DType::BF16).unwrap();
-    let x = (rand(&[1, 3, 13, 21], 9) * 0.5)
-        .unwrap()
-        .affine(1.0, 0.5)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
+    let x = images(&[1, 3, 13, 21], 9);
     let y = model.denoise_any_size(&x, &[0.1]).unwrap();
     assert_eq!(y.dims(), &[1, 3, 13, 21]);
     assert_eq!(y.dtype(), DType::F32);

@@ -13,6 +13,14 @@ pub fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// An f32 batch of image-like values, uniform in [0.25, 0.75), from a seed.
+pub fn images(shape: &[usize], seed: u64) -> Tensor {
+    (rand(shape, seed) * 0.25)
+        .and_then(|t| t.affine(1.0, 0.5))
+        .and_then(|t| t.to_dtype(DType::F32))
+        .unwrap()
+}
+
 pub fn vec64(t: &Tensor) -> Vec<f64> {
     t.flatten_all()
         .unwrap()
