@@ -260,6 +260,37 @@ fn image_folder_training_learns_and_denoises() {
         "validation loss did not fall: {val:?}"
     );
 
+    // The same run in mixed precision (bf16 arithmetic, f32 weights): it learns as well, and
+    // its checkpoints hold f32 weights.
+    let out16 = tmp.path().join("run-bf16");
+    let mut full = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out16.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ];
+    full.extend(args.split_whitespace());
+    ok(&full);
+    let val16: Vec<f64> = jsonl(&out16.join("metrics.jsonl"))
+        .iter()
+        .map(|r| r["val_loss"].as_f64().unwrap())
+        .collect();
+    let (last, last16) = (val[val.len() - 1], val16[val16.len() - 1]);
+    eprintln!("validation loss after 120 steps: f32 {last:.5}, bf16 {last16:.5}");
+    assert!(
+        (last16 - last).abs() < 0.1 * last,
+        "bf16 {val16:?} vs f32 {val:?}"
+    );
+    let bytes = std::fs::read(out16.join("best.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st
+        .tensors()
+        .iter()
+        .all(|(_, t)| t.dtype() == safetensors::Dtype::F32));
+
     // Denoise a noisy smooth image of an odd size: the output beats the input.
     let (w, h) = (45usize, 37usize);
     let mut rng = 12345u64;

@@ -9,7 +9,7 @@
 # and benchmarked; training, evaluation and sampling use denoise-cudnn where its selftest passes.
 #
 # A dry run without a GPU (to check this script): put CPU builds in place of both binaries and run
-# `DEVICE=cpu STEPS=4 BENCH_STEPS=1 EVAL_LIMIT=20 BF16_BATCH=4 bash gpu-check.sh`.
+# `DEVICE=cpu STEPS=4 BENCH_STEPS=1 EVAL_LIMIT=20 BF16_BATCH=4 BF16_TRAIN_BATCH=4 bash gpu-check.sh`.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE"
@@ -19,6 +19,7 @@ STEPS=${STEPS:-300}
 BENCH_STEPS=${BENCH_STEPS:-10}
 EVAL_LIMIT=${EVAL_LIMIT:-1000}
 BF16_BATCH=${BF16_BATCH:-256}   # inference batch of the bf16 benchmarks (ours and PyTorch's)
+BF16_TRAIN_BATCH=${BF16_TRAIN_BATCH:-64}   # and their training batch
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-$HERE/work}   # checkpoints (large) go here, not to $OUT
 mkdir -p "$WORK"
@@ -87,7 +88,7 @@ run() { # name, timeout seconds, command...
 # Writes $OUT/gpu-check.json from what is there so far: called after the main steps too, so that
 # a run cut short by a time limit still leaves a summary behind.
 summarize() {
-    for arch in seed-unet cond-unet; do
+    for arch in seed-unet cond-unet cond-unet-bf16; do
         mkdir -p "$OUT/$arch"
         cp "$WORK"/$arch/{metrics.jsonl,steps.csv,loss.png} "$OUT/$arch/" 2>/dev/null
     done
@@ -151,8 +152,11 @@ summary = {
     "eval_cond_unet": load("eval-cond-unet.json"),
     "bf16": {"bench_seed_unet": load("bench-seed-unet-bf16.json"),
              "pytorch": load("torch-bench-bf16.json"),
+             "train_ratio_vs_pytorch_bf16": ratio(load("bench-seed-unet-bf16.json"), load("torch-bench-bf16.json"), "train_img_per_s"),
              "infer_ratio_vs_pytorch_bf16": ratio(load("bench-seed-unet-bf16.json"), load("torch-bench-bf16.json"), "infer_img_per_s"),
-             "eval_cond_unet": load("eval-cond-unet-bf16.json")},
+             "eval_cond_unet": load("eval-cond-unet-bf16.json"),
+             "train_cond_unet": [json.loads(l) for l in (text("cond-unet-bf16/metrics.jsonl") or "").splitlines() if l.strip()],
+             "eval_cond_unet_trained_bf16": load("eval-cond-unet-trained-bf16.json")},
 }
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(summary, f, indent=1)
@@ -162,7 +166,7 @@ print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["i
       "denoise-cudnn", b["cudnn_train_ratio_vs_pytorch"], b["cudnn_infer_ratio_vs_pytorch"])
 print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
-print("vs PyTorch bf16 autocast, infer:", summary["bf16"]["infer_ratio_vs_pytorch_bf16"])
+print("vs PyTorch bf16 autocast, train/infer:", summary["bf16"]["train_ratio_vs_pytorch_bf16"], summary["bf16"]["infer_ratio_vs_pytorch_bf16"])
 PY
 }
 
@@ -193,11 +197,15 @@ run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/con
 run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
 run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
 summarize > /dev/null
-# bf16 inference: speed against PyTorch's autocast, and the GPU-trained cond-unet's eval table.
-run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 --infer-batch "$BF16_BATCH" $B --json "$OUT/bench-seed-unet-bf16.json"
-run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --infer-dtype bf16 --infer-batch "$BF16_BATCH"
+# bf16: training (mixed precision) and inference speed against PyTorch's autocast, the f32-trained
+# cond-unet evaluated in bf16, and a cond-unet trained in bf16 (same seed and steps) evaluated.
+run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 --batch "$BF16_TRAIN_BATCH" --infer-batch "$BF16_BATCH" $B --json "$OUT/bench-seed-unet-bf16.json"
+run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --dtype bf16 --batch "$BF16_TRAIN_BATCH" --infer-batch "$BF16_BATCH"
 tail -n 1 "$OUT/torch-bench-bf16.log" > "$OUT/torch-bench-bf16.json"
 run eval-cond-unet-bf16 45 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --dtype bf16 --device "$DEVICE" --json "$OUT/eval-cond-unet-bf16.json"
+summarize > /dev/null
+run train-cond-unet-bf16 120 $BIN train --arch cond-unet --dtype bf16 --data data --out "$WORK/cond-unet-bf16" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run eval-cond-unet-trained-bf16 45 $BIN eval --model "$WORK/cond-unet-bf16/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-cond-unet-trained-bf16.json"
 
 log "summary"
 summarize

@@ -367,6 +367,7 @@ pub fn gpu_dry_run(root: &Path, args: &[String]) -> Result<()> {
         .env("EVAL_LIMIT", "20")
         // PyTorch's CPU autocast to bf16 runs at about 2 images/s here.
         .env("BF16_BATCH", "4")
+        .env("BF16_TRAIN_BATCH", "4")
         .env("PATH", path)
         .status()
         .context("running bash gpu-check.sh")?;

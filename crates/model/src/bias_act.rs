@@ -24,10 +24,14 @@ pub fn bias_act(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
         .apply_op2(&b.contiguous()?, BiasAct { relu })?)
 }
 
-/// `relu?(y + b)` with `b` added per channel, from candle's ops.
+/// `relu?(y + b)` with `b` added per channel, from candle's ops. Half precision is added in f32
+/// and rounded back: the bias gradient, a sum over every image and pixel, is then summed in f32
+/// too (in bf16 it came out wrong by half its size on a small U-Net).
 pub fn bias_relu(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
-    let y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
-    Ok(if relu { y.relu()? } else { y })
+    use crate::operands::widened;
+    let out = widened(y)?.broadcast_add(&widened(b)?.reshape((1, b.dim(0)?, 1, 1))?)?;
+    let out = if relu { out.relu()? } else { out };
+    Ok(out.to_dtype(y.dtype())?)
 }
 
 struct BiasAct {

@@ -16,7 +16,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{dropout, Conv2d};
+use crate::layers::{cast, dropout, Conv2d};
 use crate::norm::GroupNorm;
 use crate::params::{ParamStore, Rng64};
 use crate::Result;
@@ -127,8 +127,8 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?)
+        let (w, b) = (cast(&self.weight, x)?, cast(&self.bias, x)?);
+        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
     }
 }
 
@@ -256,6 +256,8 @@ pub struct CondUnet {
     out_norm: GroupNorm,
     out: Conv2d,
     vars: Vec<(String, Var)>,
+    /// The dtype the network computes in (the weights' unless set apart for mixed precision).
+    compute: DType,
 }
 
 impl CondUnet {
@@ -344,6 +346,7 @@ impl CondUnet {
             out_norm,
             out,
             vars,
+            compute: dtype,
         })
     }
 
@@ -351,9 +354,18 @@ impl CondUnet {
         &self.vars
     }
 
-    /// The dtype of the weights (and of the activations inside [`CondUnet::raw`]).
+    /// The dtype the network computes in (the activations inside [`CondUnet::raw`]).
     pub fn dtype(&self) -> DType {
-        self.vars[0].1.dtype()
+        self.compute
+    }
+
+    /// The same network (sharing its weights) computing in `dtype`: the weights are rounded to
+    /// it as they are used, so gradients still reach them in their own dtype (mixed precision).
+    pub fn with_compute_dtype(&self, dtype: DType) -> Self {
+        Self {
+            compute: dtype,
+            ..self.clone()
+        }
     }
 
     /// The noise embedding of `c_noise` `(N,)`: `(N, emb_dim)`. The sinusoidal features are
@@ -370,8 +382,8 @@ impl CondUnet {
         Ok(candle_nn::ops::silu(&self.map2.forward(&e)?)?)
     }
 
-    /// The raw network `F(x; c_noise)`; dropout is on when `rng` is given. It runs in the
-    /// weights' dtype ([`CondUnet::dtype`]): `x` is rounded to it, and so is the result.
+    /// The raw network `F(x; c_noise)`; dropout is on when `rng` is given. It runs in its
+    /// compute dtype ([`CondUnet::dtype`]): `x` is rounded to it, and so is the result.
     pub fn raw(&self, x: &Tensor, c_noise: &Tensor, mut rng: Option<&mut Rng64>) -> Result<Tensor> {
         let emb = self.embed(c_noise)?;
         let mut h = self.stem.forward(&x.to_dtype(self.dtype())?)?;

@@ -62,7 +62,7 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
-        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (w, b) = (&cast(&self.weight, &x)?, &cast(&self.bias, &x)?);
         if REFERENCE_CONVS.get() {
             return reference_conv(&x, w, b, self.kernel / 2, self.relu);
         }
@@ -75,14 +75,15 @@ impl Conv2d {
             let y = self.cpu_conv(&widened(&x)?, &widened(w)?, &widened(b)?)?;
             return Ok(y.to_dtype(dtype)?);
         }
-        if !crate::operands::own_kernels_for(&x) {
-            // Half precision off the CPU: candle's convolution, which accumulates in f32 (cuDNN
-            // with an f32 compute type in builds with `cudnn`, cuBLAS otherwise).
-            return reference_conv(&x, w, b, self.kernel / 2, self.relu);
-        }
-        if cfg!(feature = "cudnn") && x.device().is_cuda() && use_cudnn() {
+        if cfg!(feature = "cudnn")
+            && x.device().is_cuda()
+            && use_cudnn()
+            && crate::operands::own_kernels_for(&x)
+        {
             return cudnn_conv(&x, w, b, self.kernel / 2, self.relu);
         }
+        // Half precision off the CPU takes this path too: candle's convolution accumulates in
+        // f32 (cuDNN with an f32 compute type in builds with `cudnn`, cuBLAS otherwise).
         device_conv(&x, w, b, self.kernel / 2, self.relu)
     }
 
@@ -95,6 +96,12 @@ impl Conv2d {
         };
         Ok(x.apply_op3(w, b, op)?)
     }
+}
+
+/// A parameter in `x`'s dtype: itself when they agree, else rounded (mixed precision: f32
+/// weights used in bf16; the rounding is part of the graph, so the gradient reaches the weight).
+pub fn cast(param: &Var, x: &Tensor) -> Result<Tensor> {
+    Ok(param.as_tensor().to_dtype(x.dtype())?)
 }
 
 /// Whether CUDA convolutions go through [`crate::cudnn_conv`] (builds with the `cudnn` feature,
@@ -391,17 +398,18 @@ impl ConvTranspose2x2 {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c_in, h, w) = x.dims4()?;
         let c_out = self.weight.dim(1)?;
+        let (weight, bias) = (cast(&self.weight, x)?, cast(&self.bias, x)?);
         let rows = x.permute((0, 2, 3, 1))?.reshape((n * h * w, c_in))?;
-        let y = rows.matmul(&self.weight.reshape((c_in, c_out * 4))?)?;
+        let y = rows.matmul(&weight.reshape((c_in, c_out * 4))?)?;
         let y = y
             .reshape((n, h, w, c_out, 2, 2))?
             .permute((0, 3, 1, 4, 2, 5))?
             .reshape((n, c_out, 2 * h, 2 * w))?;
         if !y.device().is_cpu() {
             // One op forward and backward off the CPU (see `crate::bias_act`).
-            return crate::bias_act::bias_act(&y, &self.bias, false);
+            return crate::bias_act::bias_act(&y, &bias, false);
         }
-        Ok(y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?)
+        crate::bias_act::bias_relu(&y, &bias, false)
     }
 }
 

@@ -141,9 +141,24 @@ impl Model {
         Ok(model)
     }
 
-    /// The dtype of the weights, in which the network runs.
+    /// The same network, sharing its weights, computing in `dtype` while the weights keep
+    /// theirs: mixed-precision training (f32 weights, the optimizer's, and bf16 arithmetic).
+    /// Each weight is rounded to `dtype` where it is used, and its gradient comes back in its
+    /// own dtype.
+    pub fn with_compute_dtype(&self, dtype: DType) -> Self {
+        match self {
+            Self::SeedUnet(m) => Self::SeedUnet(m.with_compute_dtype(dtype)),
+            Self::CondUnet(m) => Self::CondUnet(m.with_compute_dtype(dtype)),
+        }
+    }
+
+    /// The dtype the network computes in: its weights' ([`Model::to_dtype`]) unless set apart
+    /// ([`Model::with_compute_dtype`]).
     pub fn dtype(&self) -> DType {
-        self.vars()[0].1.dtype()
+        match self {
+            Self::SeedUnet(m) => m.dtype(),
+            Self::CondUnet(m) => m.dtype(),
+        }
     }
 
     pub fn config(&self) -> ModelConfig {
@@ -251,8 +266,8 @@ impl Model {
     /// noise level on the same scale (required by `cond-unet`, ignored by the blind
     /// `seed-unet`). Dropout is on when `rng` is given. Not clipped.
     ///
-    /// The result has `noisy`'s dtype. A network of another dtype ([`Model::to_dtype`]) runs in
-    /// its own: `noisy` is rounded to it on the way in, the network's output widened on the way
+    /// The result has `noisy`'s dtype. A network of another dtype ([`Model::to_dtype`],
+    /// [`Model::with_compute_dtype`]) runs in its own: `noisy` is rounded to it on the way in, the network's output widened on the way
     /// out, and the skip connection (seed-unet's subtraction, cond-unet's preconditioning) is
     /// computed in `noisy`'s dtype. Half-precision networks normalise and take softmaxes in f32.
     pub fn forward(

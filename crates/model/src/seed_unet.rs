@@ -88,6 +88,8 @@ pub struct SeedUnet {
     dec1: DoubleConv,
     out: Conv2d,
     vars: Vec<(String, Var)>,
+    /// The dtype the network computes in (the weights' unless set apart for mixed precision).
+    compute: DType,
 }
 
 impl SeedUnet {
@@ -131,6 +133,7 @@ impl SeedUnet {
             dec1,
             out,
             vars,
+            compute: dtype,
         })
     }
 
@@ -139,13 +142,22 @@ impl SeedUnet {
         &self.vars
     }
 
-    /// The dtype of the weights (and of the activations inside [`SeedUnet::forward`]).
+    /// The dtype the network computes in (the activations inside [`SeedUnet::forward`]).
     pub fn dtype(&self) -> DType {
-        self.vars[0].1.dtype()
+        self.compute
+    }
+
+    /// The same network (sharing its weights) computing in `dtype`: the weights are rounded to
+    /// it as they are used, so gradients still reach them in their own dtype (mixed precision).
+    pub fn with_compute_dtype(&self, dtype: DType) -> Self {
+        Self {
+            compute: dtype,
+            ..self.clone()
+        }
     }
 
     /// Denoises `x` `(N, C, H, W)`, H and W multiples of 8. Dropout is active when `rng` is given.
-    /// The network runs in the weights' dtype ([`SeedUnet::dtype`]) and predicts the noise,
+    /// The network runs in its compute dtype ([`SeedUnet::dtype`]) and predicts the noise,
     /// which is subtracted from `x` in `x`'s own dtype.
     pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng64>) -> Result<Tensor> {
         let input = x;

@@ -40,10 +40,11 @@ pub struct BenchResult {
     pub size: usize,
     pub train_img_per_s: Stats,
     pub infer_img_per_s: Stats,
-    /// The network's dtype during inference (`f32`, or `bf16`/`f16` for half precision);
-    /// training is always f32.
-    #[serde(default = "f32_name")]
-    pub infer_dtype: String,
+    /// The network's arithmetic (`f32`, `bf16`, `f16`): for training, mixed precision (f32
+    /// weights and optimizer, see `Model::with_compute_dtype`); for inference, the weights
+    /// rounded to it (`Model::to_dtype`).
+    #[serde(default = "f32_name", alias = "infer_dtype")]
+    pub dtype: String,
     pub device: String,
     /// Compute threads candle uses.
     pub threads: usize,
@@ -90,8 +91,8 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Times `repeats` rounds of `steps` training steps (f32) and of `steps` inference batches
-/// (the network in `infer_dtype`, see [`Model::to_dtype`]).
+/// Times `repeats` rounds of `steps` training steps and of `steps` inference batches, the
+/// network computing in `dtype` (see [`BenchResult::dtype`]).
 #[allow(clippy::too_many_arguments)]
 pub fn bench(
     config: &ModelConfig,
@@ -101,10 +102,11 @@ pub fn bench(
     size: usize,
     steps: usize,
     repeats: usize,
-    infer_dtype: DType,
+    dtype: DType,
 ) -> Result<BenchResult> {
     let model = Model::new(config, device, 0)?;
-    let infer_model = model.to_dtype(infer_dtype)?;
+    let train_model = model.with_compute_dtype(dtype);
+    let infer_model = model.to_dtype(dtype)?;
     let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
     let loss_fn = MixLoss::default();
     let clean = Tensor::rand(
@@ -124,7 +126,7 @@ pub fn bench(
     let infer_sigma = Tensor::full(0.1f32, infer_batch, device)?;
     let mut rng = denoise_model::rng(0);
     let mut train_step = || -> Result<()> {
-        let out = model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
+        let out = train_model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
         let loss = loss_fn.forward(&out, &clean)?;
         adam.step(&loss.backward()?)?;
         loss.to_scalar::<f32>()?; // waits for the device
@@ -167,7 +169,7 @@ pub fn bench(
         size,
         train_img_per_s: train,
         infer_img_per_s: infer,
-        infer_dtype: infer_dtype.as_str().to_string(),
+        dtype: dtype.as_str().to_string(),
         device: format!("{device:?}"),
     })
 }

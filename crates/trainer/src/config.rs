@@ -68,6 +68,10 @@ pub struct TrainConfig {
     pub val_limit: Option<usize>,
     /// Log a progress line every this many steps.
     pub log_every: u64,
+    /// The arithmetic of the training steps: `f32`, or `bf16` (mixed precision: the weights,
+    /// the optimizer and the loss stay f32, the network computes in bf16). Validation, and so
+    /// the choice of the best checkpoint, is always f32.
+    pub dtype: String,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +109,7 @@ impl Default for TrainConfig {
             val_every: None,
             val_limit: None,
             log_every: 10,
+            dtype: "f32".into(),
         }
     }
 }
@@ -185,9 +190,24 @@ impl TrainConfig {
         (h > 0.0).then_some(h)
     }
 
+    /// The dtype of the training steps' arithmetic (see [`TrainConfig::dtype`]).
+    pub fn compute_dtype(&self) -> Option<candle_core::DType> {
+        match self.dtype.as_str() {
+            "f32" => Some(candle_core::DType::F32),
+            "bf16" => Some(candle_core::DType::BF16),
+            _ => None,
+        }
+    }
+
     /// Checks that the values make sense.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
+        if self.compute_dtype().is_none() {
+            return bad(format!(
+                "dtype `{}`: training runs in f32 or bf16 (f16 would need loss scaling)",
+                self.dtype
+            ));
+        }
         if denoise_model::ModelConfig::from_arch(&self.arch).is_none() {
             return bad(format!(
                 "unknown architecture `{}` (known: {})",

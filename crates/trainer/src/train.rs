@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use denoise_data::batch::{validation_batches, BatchConfig, Batcher};
 use denoise_data::{ImageSet, Splits};
 use denoise_loss::{edm_weight, mse, psnr, weighted_mse, MixLoss};
@@ -328,6 +328,8 @@ pub fn train(
         };
         (model, ema, adam, state)
     };
+    // The network of the training steps: the same weights, in the configured arithmetic.
+    let net = model.with_compute_dtype(config.compute_dtype().unwrap_or(DType::F32));
     if !device.is_cpu() {
         // Dropout masks off the CPU come from the device's generator (see
         // `denoise_model::layers::dropout`): seeded from the run's seed and the step reached.
@@ -450,7 +452,7 @@ pub fn train(
             0x44524f50,
             state.global_step,
         ]));
-        let out = model.forward(&noisy, Some(&sigma), Some(&mut drop_rng))?;
+        let out = net.forward(&noisy, Some(&sigma), Some(&mut drop_rng))?;
         let loss = objective.loss(&out, &clean, &b.sigmas)?;
         let grads = loss.backward()?;
         adam.step(&grads)?;
