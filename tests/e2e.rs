@@ -379,6 +379,17 @@ fn bad_inputs_are_clear_errors() {
         "cpu",
     ]);
     assert!(err.contains("no CIFAR-10 binary files"), "{err}");
+    // f16 training would need loss scaling: refused before any data is read.
+    let err = fails(&[
+        "train",
+        "--dtype",
+        "f16",
+        "--data",
+        &t("empty"),
+        "--out",
+        &t("o"),
+    ]);
+    assert!(err.contains("dtype `f16`") && err.contains("bf16"), "{err}");
 
     // A truncated CIFAR file: named, with the expected and the found size.
     let dir = tmp.path().join("cifar");
