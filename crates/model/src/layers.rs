@@ -131,7 +131,7 @@ pub fn with_reference_convs<R>(f: impl FnOnce() -> R) -> R {
 /// The convolution on devices other than the CPU (CUDA). candle's `conv2d` (cuDNN with the
 /// `cudnn` feature) computes the output, but its backward always sends the input gradient
 /// through `conv_transpose2d`, a naive kernel on CUDA. Here the output is computed without a
-/// graph and handed to [`ConvGrads`], whose backward makes both gradients from forward
+/// graph and handed to `ConvGrads`, whose backward makes both gradients from forward
 /// convolutions: the input's from the output gradient and the flipped, transposed kernel, the
 /// kernel's as candle does. The same code runs on the CPU, where it is tested against
 /// [`reference_conv`].

@@ -13,7 +13,7 @@
 //! gradient is `B (Uᵀ dM) Bᵀ` added back into the overlapping tiles, and the kernel's is
 //! `Gᵀ (Σ_tiles dM Vᵀ) G`; so it too is 16 + 16 gemms with 2.25x fewer multiplications.
 //!
-//! Images are processed in groups of about [`TILES_PER_GROUP`] tiles so that the transformed
+//! Images are processed in groups of about `TILES_PER_GROUP` tiles so that the transformed
 //! tiles stay in cache between the transforms and the gemms. Groups run in parallel when there
 //! are at least as many as threads; otherwise the 16 gemms of a group run in parallel.
 
