@@ -132,8 +132,12 @@ impl Model {
         })
     }
 
-    /// The same network with its weights rounded (or widened) to `dtype`.
+    /// The same network with its weights rounded (or widened) to `dtype`, computing in it; a
+    /// copy, except where nothing changes (it then shares the weights, as a clone does).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if self.dtype() == dtype && self.vars().iter().all(|(_, v)| v.dtype() == dtype) {
+            return Ok(self.clone());
+        }
         let model = Self::with_dtype(&self.config(), self.device(), dtype, 0)?;
         for ((_, to), (_, from)) in model.vars().iter().zip(self.vars()) {
             to.set(&from.as_tensor().to_dtype(dtype)?)?;
