@@ -52,6 +52,20 @@ fn dims(y: &Layout, channels: usize) -> candle_core::Result<(usize, usize, usize
     Ok((y.shape().elem_count(), h * w, c))
 }
 
+/// `(numel, plane, channels)` of a gradient `(N, C, H, W)` and the output it goes with (the
+/// same shape).
+fn grad_dims(grad: &Layout, out: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (_, c, h, w) = grad.shape().dims4()?;
+    if grad.shape() != out.shape() {
+        candle_core::bail!(
+            "bias: gradient {:?}, output {:?}",
+            grad.shape(),
+            out.shape()
+        );
+    }
+    Ok((grad.shape().elem_count(), h * w, c))
+}
+
 /// The forward pass on the CPU: `(y, b) -> out`.
 struct Forward {
     plane: usize,
@@ -176,17 +190,14 @@ impl CustomOp2 for BiasActGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = l1.shape().dims4()?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("bias: gradient {:?}, output {:?}", l1.shape(), l2.shape());
-        }
+        let (numel, plane, channels) = grad_dims(l1, l2)?;
         let k = Backward {
-            plane: h * w,
-            channels: c,
+            plane,
+            channels,
             relu: self.relu,
         };
         let out = binary(&k, "bias", (s1, l1), (s2, l2))?;
-        Ok((out, Shape::from(l1.shape().elem_count() + c)))
+        Ok((out, Shape::from(numel + channels)))
     }
 
     #[cfg(feature = "cuda")]
@@ -197,21 +208,9 @@ impl CustomOp2 for BiasActGrad {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("bias: gradient {:?}, output {:?}", l1.shape(), l2.shape());
-        }
-        let numel = n * c * h * w;
-        let out = cuda::run(
-            cuda::Kernel::Backward,
-            (numel, h * w, c),
-            self.relu,
-            s1,
-            l1,
-            s2,
-            l2,
-        )?;
-        Ok((out, Shape::from(numel + c)))
+        let d = grad_dims(l1, l2)?;
+        let out = cuda::run(cuda::Kernel::Backward, d, self.relu, s1, l1, s2, l2)?;
+        Ok((out, Shape::from(d.0 + d.2)))
     }
 }
 

@@ -23,24 +23,23 @@ pub const HALF_TOL: f64 = 5e-2;
 /// The largest relative L2 error of the mixed-precision gradients check.
 pub const HALF_GRAD_TOL: f64 = 0.15;
 
+/// `t`'s values on the CPU, in f64, flattened.
+fn cpu64(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?)
+}
+
 /// `|a - b| / |b|` (L2 norms).
 fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let (a, b) = (cpu64(a)?, cpu64(b)?);
     let diff = (a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
     let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.max(1e-30);
     Ok((diff / norm).sqrt())
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?;
-    let b = b
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?;
+    let (a, b) = (cpu64(a)?, cpu64(b)?);
     let scale = b.abs()?.max(0)?.to_scalar::<f64>()?.max(1e-12);
     Ok((a - b)?.abs()?.max(0)?.to_scalar::<f64>()? / scale)
 }
