@@ -130,8 +130,11 @@ impl DtypeArg {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum DeviceArg {
+    /// The CPU, on all its cores.
     Cpu,
+    /// The first NVIDIA GPU (a build with `--features cuda`).
     Cuda,
+    /// The first NVIDIA GPU when this build has CUDA and one answers, else the CPU.
     Auto,
 }
 
@@ -197,21 +200,25 @@ struct TrainArgs {
     /// Stop after this many seconds of training in this run.
     #[arg(long)]
     time_budget: Option<f64>,
+    /// Passes over the training images at most (default 30).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Images per optimizer step (default 64).
     #[arg(long)]
     batch: Option<usize>,
+    /// Adam's learning rate before StepLR's decay (default 1e-3).
     #[arg(long)]
     lr: Option<f64>,
+    /// Adam's weight decay, added to the gradient as in PyTorch's Adam (default 1e-4).
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// StepLR period in epochs.
+    /// StepLR period in epochs (default 10).
     #[arg(long)]
     lr_step: Option<usize>,
-    /// StepLR factor.
+    /// StepLR factor (default 0.7).
     #[arg(long)]
     lr_gamma: Option<f64>,
-    /// Early-stopping patience in validations (0: off).
+    /// Early-stopping patience in validations (0: off; default 3).
     #[arg(long)]
     patience: Option<usize>,
     /// Weight of (1 - SSIM) in the loss; L1 gets the rest.
@@ -226,6 +233,7 @@ struct TrainArgs {
     /// Turn off random horizontal flips.
     #[arg(long)]
     no_flip: bool,
+    /// Seed of the weights' initialisation, the batches, the noise and dropout (default 0).
     #[arg(long)]
     seed: Option<u64>,
     /// Also validate every N steps.
@@ -501,6 +509,12 @@ fn is_tty() -> bool {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let config = train_config(&a)?;
+    if a.out.exists() && !a.out.is_dir() {
+        bail!(
+            "--out {}: expected a folder for the run (checkpoints, metrics, plot), found a file",
+            a.out.display()
+        );
+    }
     let device = pick_device(a.device)?;
     let data = load_data(&a.data, is_tty())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -963,8 +977,63 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, as anyhow's `{:#}`, but without a cause whose text
+/// the message above it already quotes (our library errors, and the image crate's, print
+/// their source in their own message).
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source in its own message, as ours do.
+    #[derive(Debug)]
+    struct Quoting {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists");
+        let e = anyhow::Error::new(Quoting {
+            path: "runs/x",
+            source: io,
+        })
+        .context("--out runs/x");
+        assert_eq!(report(&e), "--out runs/x: runs/x: File exists");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(report(&plain), "outer: inner");
     }
 }
