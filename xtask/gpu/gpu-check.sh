@@ -148,6 +148,9 @@ summary = {
     "train_seed_unet": [json.loads(l) for l in (text("seed-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_seed_unet": load("eval-seed-unet.json"),
     "bench_cond_unet": load("bench-cond-unet.json"),
+    "bench_cond_unet_pytorch": load("torch-bench-cond-unet.json"),
+    "cond_unet_train_ratio_vs_pytorch": ratio(load("bench-cond-unet.json"), load("torch-bench-cond-unet.json"), "train_img_per_s"),
+    "cond_unet_infer_ratio_vs_pytorch": ratio(load("bench-cond-unet.json"), load("torch-bench-cond-unet.json"), "infer_img_per_s"),
     "train_cond_unet": [json.loads(l) for l in (text("cond-unet/metrics.jsonl") or "").splitlines() if l.strip()],
     "eval_cond_unet": load("eval-cond-unet.json"),
     "bf16": {"bench_seed_unet": load("bench-seed-unet-bf16.json"),
@@ -166,6 +169,7 @@ print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["i
       "denoise-cudnn", b["cudnn_train_ratio_vs_pytorch"], b["cudnn_infer_ratio_vs_pytorch"])
 print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
+print("cond-unet vs PyTorch FP32, train/infer:", summary["cond_unet_train_ratio_vs_pytorch"], summary["cond_unet_infer_ratio_vs_pytorch"])
 print("vs PyTorch bf16 autocast, train/infer:", summary["bf16"]["train_ratio_vs_pytorch_bf16"], summary["bf16"]["infer_ratio_vs_pytorch_bf16"])
 PY
 }
@@ -179,9 +183,9 @@ status trained-with "$BIN"
 log "training, evaluation and sampling with $BIN"
 run bench-seed-unet 75 ./denoise bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet.json"
 run bench-seed-unet-cudnn 75 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet-cudnn.json"
-run torch-bench 60 python3 seed_unet_bench.py --device "$DEVICE" $B
+run torch-bench 60 python3 unet_bench.py --device "$DEVICE" $B
 tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
-run torch-bench-tf32 45 python3 seed_unet_bench.py --device "$DEVICE" $B --tf32
+run torch-bench-tf32 45 python3 unet_bench.py --device "$DEVICE" $B --tf32
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
 summarize > /dev/null
 run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
@@ -193,6 +197,8 @@ run bench-seed-unet-tf32 60 ./denoise bench --arch seed-unet --device "$DEVICE" 
 run bench-seed-unet-cudnn-tf32 60 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" --tf32 $B --json "$OUT/bench-seed-unet-cudnn-tf32.json"
 summarize > /dev/null
 run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json "$OUT/bench-cond-unet.json"
+run torch-bench-cond-unet 60 python3 unet_bench.py --arch cond-unet --device "$DEVICE" $B
+tail -n 1 "$OUT/torch-bench-cond-unet.log" > "$OUT/torch-bench-cond-unet.json"
 run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
 run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
@@ -200,7 +206,7 @@ summarize > /dev/null
 # bf16: training (mixed precision) and inference speed against PyTorch's autocast, the f32-trained
 # cond-unet evaluated in bf16, and a cond-unet trained in bf16 (same seed and steps) evaluated.
 run bench-seed-unet-bf16 60 $BIN bench --arch seed-unet --device "$DEVICE" --dtype bf16 --batch "$BF16_TRAIN_BATCH" --infer-batch "$BF16_BATCH" $B --json "$OUT/bench-seed-unet-bf16.json"
-run torch-bench-bf16 45 python3 seed_unet_bench.py --device "$DEVICE" $B --dtype bf16 --batch "$BF16_TRAIN_BATCH" --infer-batch "$BF16_BATCH"
+run torch-bench-bf16 45 python3 unet_bench.py --device "$DEVICE" $B --dtype bf16 --batch "$BF16_TRAIN_BATCH" --infer-batch "$BF16_BATCH"
 tail -n 1 "$OUT/torch-bench-bf16.log" > "$OUT/torch-bench-bf16.json"
 run eval-cond-unet-bf16 45 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --dtype bf16 --device "$DEVICE" --json "$OUT/eval-cond-unet-bf16.json"
 summarize > /dev/null

@@ -1,5 +1,8 @@
 //! `cargo xtask bench`: training and inference throughput of `denoise`, and with
 //! `--compare-torch` of the identical PyTorch network on the same threads, alternating the two.
+//! Before it times cond-unet against its PyTorch twin, it checks that they are the same
+//! network: the twin loads the shipped checkpoint and must denoise a test image as `denoise
+//! generate` does (`unet_bench.py --twin-check`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,7 +92,7 @@ fn machine_peak_gflops(threads: usize) -> Option<f64> {
 
 pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let script = root.join("xtask/torch/seed_unet_bench.py");
+    let script = root.join("xtask/torch/unet_bench.py");
     if o.compare {
         let ok = Command::new(&o.python)
             .args(["-c", "import torch"])
@@ -103,6 +106,22 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("denoise-bench-{}.json", std::process::id()));
     let mut report = serde_json::Map::new();
     for arch in &o.arches {
+        if o.compare && arch == "cond-unet" {
+            let out = Command::new(&o.python)
+                .arg(&script)
+                .arg("--twin-check")
+                .arg("--denoise")
+                .arg(bin)
+                .arg("--checkpoint")
+                .arg(root.join("models/cond-unet-cifar10.safetensors"))
+                .output()?;
+            let check = json_of(out, "the PyTorch twin's check")?;
+            println!(
+                "cond-unet twin check: PyTorch's and denoise's outputs on a {}x{} test image differ by {} of {} levels at most",
+                check["image"][0], check["image"][1], check["max_level_diff"], check["levels"]
+            );
+            report.insert("cond_unet_twin_check".into(), check);
+        }
         let (mut tr, mut inf, mut rss, mut threads, mut flops) =
             (vec![], vec![], 0f64, 0usize, 0f64);
         let (mut ttr, mut tinf, mut rtr, mut rinf) = (vec![], vec![], vec![], vec![]);
@@ -140,10 +159,12 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
                 r + 1,
                 o.repeats
             );
-            if o.compare && arch == "seed-unet" {
+            if o.compare {
                 let out = Command::new(&o.python)
                     .arg(&script)
                     .args([
+                        "--arch",
+                        arch,
                         "--device",
                         "cpu",
                         "--threads",

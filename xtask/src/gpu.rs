@@ -267,7 +267,7 @@ pub fn gpu_bundle(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let size = dir_size(&bundle)?;
     println!(
-        "gpu bundle: {} ({:.1} MiB: two binaries, gpu-check.sh, seed_unet_bench.py, {n_train} train and {n_test} test images)",
+        "gpu bundle: {} ({:.1} MiB: two binaries, gpu-check.sh, unet_bench.py, {n_train} train and {n_test} test images)",
         bundle.display(),
         size as f64 / (1 << 20) as f64
     );
@@ -293,8 +293,8 @@ fn lay_out(
         bundle.join("gpu-check.sh"),
     )?;
     std::fs::copy(
-        root.join("xtask/torch/seed_unet_bench.py"),
-        bundle.join("seed_unet_bench.py"),
+        root.join("xtask/torch/unet_bench.py"),
+        bundle.join("unet_bench.py"),
     )?;
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
