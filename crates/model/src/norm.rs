@@ -174,24 +174,165 @@ pub fn exp_f32(x: f32) -> f32 {
     f32::from_bits((p.to_bits() as i32).wrapping_add((r as i32) << 23) as u32)
 }
 
-/// Mean and `1 / sqrt(var + eps)` of one group (accumulated in f64).
+/// The sum of `f` over `x`, in eight independent lanes of `A` (so that the loop vectorises and
+/// is not one long chain of dependent additions), the lanes added at the end.
+#[inline(always)]
+fn lane_sum<T: Copy, A: Real>(x: &[T], f: impl Fn(T) -> A) -> A {
+    let mut acc = [A::ZERO; 8];
+    let chunks = x.chunks_exact(8);
+    let mut rest = A::ZERO;
+    for &v in chunks.remainder() {
+        rest = rest + f(v);
+    }
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l] + f(c[l]);
+        }
+    }
+    acc.iter().fold(rest, |a, &v| a + v)
+}
+
+/// [`lane_sum`] over pairs of two equally long slices.
+#[inline(always)]
+fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let mut rest = T::ZERO;
+    for (&a, &b) in xc.remainder().iter().zip(yc.remainder()) {
+        rest = rest + f(a, b);
+    }
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] = acc[l] + f(a[l], b[l]);
+        }
+    }
+    acc.iter().fold(rest, |a, &v| a + v)
+}
+
+/// Mean and `1 / sqrt(var + eps)` of one group (accumulated in f64, in two passes).
+#[inline(always)]
 fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v.into()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|&v| {
-            let d = v.into() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = lane_sum(x, |v| -> f64 { v.into() }) / n;
+    let var = lane_sum(x, |v| {
+        let d = v.into() - mean;
+        d * d
+    }) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Sum of a row in the row's own type (rows are at most a few thousand values).
-fn row_sum<T: Real>(it: impl Iterator<Item = T>) -> f64 {
-    it.fold(T::ZERO, |a, v| a + v).into()
+/// Whether the CPU runs the AVX2 + FMA copies of the per-group loops.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Defines `fn $name` that runs `$body` (which must be `#[inline(always)]`, as everything it
+/// calls) compiled for AVX2 + FMA where the CPU has them, so that its loops run 8 f32 wide.
+macro_rules! avx2_copy {
+    (fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        fn $name<T: Real>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx,avx2,fma")]
+            fn avx2<T: Real>($($arg: $ty),*) -> $ret {
+                $body::<T>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU has the features `avx2` is compiled for.
+                return unsafe { avx2::<T>($($arg),*) };
+            }
+            $body::<T>($($arg),*)
+        }
+    };
+}
+
+avx2_copy!(fn forward_group => forward_group_body(
+    op: &FusedGroupNorm, o: &mut [T], xg: &[T], gamma: &[T], beta: &[T], hw: usize,
+) -> ());
+
+avx2_copy!(fn backward_group => backward_group_body(
+    op: &FusedGroupNorm, dxg: &mut [T], xg: &[T], dg: &[T], gamma: &[T], beta: &[T], hw: usize,
+) -> Vec<(f64, f64)>);
+
+/// One group of the forward pass: `gamma` and `beta` are the group's channels' (`cg` of them),
+/// `xg` and `o` their `cg * hw` values.
+#[inline(always)]
+fn forward_group_body<T: Real>(
+    op: &FusedGroupNorm,
+    o: &mut [T],
+    xg: &[T],
+    gamma: &[T],
+    beta: &[T],
+    hw: usize,
+) {
+    let (mean, rstd) = stats(xg, op.eps);
+    for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
+        let ga = g.into() * rstd;
+        let (scale, shift) = (T::of(ga), T::of(b.into() - mean * ga));
+        let rows = o[k * hw..(k + 1) * hw]
+            .iter_mut()
+            .zip(&xg[k * hw..(k + 1) * hw]);
+        if op.silu {
+            for (ov, &xv) in rows {
+                let y = xv * scale + shift;
+                *ov = y * T::sigmoid(y);
+            }
+        } else {
+            for (ov, &xv) in rows {
+                *ov = xv * scale + shift;
+            }
+        }
+    }
+}
+
+/// One group of the backward pass: writes the group's `dx` into `dxg` and returns each of its
+/// channels' `(dgamma, dbeta)` sums.
+#[inline(always)]
+fn backward_group_body<T: Real>(
+    op: &FusedGroupNorm,
+    dxg: &mut [T],
+    xg: &[T],
+    dg: &[T],
+    gamma: &[T],
+    beta: &[T],
+    hw: usize,
+) -> Vec<(f64, f64)> {
+    let (mean, rstd) = stats(xg, op.eps);
+    let (mean_t, rstd_t) = (T::of(mean), T::of(rstd));
+    let mut sums = vec![(0.0, 0.0); gamma.len()];
+    // With dxhat = dy * gamma, dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)).
+    // First pass: dxhat into dx, the sums; second pass: dx.
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for (k, (&ga, &be)) in gamma.iter().zip(beta).enumerate() {
+        let r = k * hw..(k + 1) * hw;
+        let (xr, dr, outr) = (&xg[r.clone()], &dg[r.clone()], &mut dxg[r]);
+        if op.silu {
+            for ((o, &xj), &dj) in outr.iter_mut().zip(xr).zip(dr) {
+                let y = (xj - mean_t) * rstd_t * ga + be;
+                let s = T::sigmoid(y);
+                *o = dj * s * (T::ONE + y * (T::ONE - s));
+            }
+        } else {
+            outr.copy_from_slice(dr);
+        }
+        // outr now holds dy (after SiLU); the channel's sums, then dxhat.
+        let dgk: f64 = lane_sum2(outr, xr, |d, x| d * ((x - mean_t) * rstd_t)).into();
+        let dbk: f64 = lane_sum(outr, |d| d).into();
+        sums[k] = (dgk, dbk);
+        s1 += dbk * ga.into();
+        s2 += dgk * ga.into();
+        for o in outr.iter_mut() {
+            *o *= ga;
+        }
+    }
+    let m = dxg.len() as f64;
+    let (s1, s2) = (T::of(s1 / m), T::of(s2 / m));
+    for (o, &xj) in dxg.iter_mut().zip(xg) {
+        let xhat = (xj - mean_t) * rstd_t;
+        *o = rstd_t * (*o - s1 - xhat * s2);
+    }
+    sums
 }
 
 impl FusedGroupNorm {
@@ -220,25 +361,8 @@ impl FusedGroupNorm {
             .zip(x.par_chunks(cg * hw))
             .enumerate()
             .for_each(|(i, (o, xg))| {
-                let (mean, rstd) = stats(xg, self.eps);
-                let c0 = (i % self.groups) * cg;
-                for k in 0..cg {
-                    let ga = gamma[c0 + k].into() * rstd;
-                    let (scale, shift) = (T::of(ga), T::of(beta[c0 + k].into() - mean * ga));
-                    let rows = o[k * hw..(k + 1) * hw]
-                        .iter_mut()
-                        .zip(&xg[k * hw..(k + 1) * hw]);
-                    if self.silu {
-                        for (ov, &xv) in rows {
-                            let y = xv * scale + shift;
-                            *ov = y * T::sigmoid(y);
-                        }
-                    } else {
-                        for (ov, &xv) in rows {
-                            *ov = xv * scale + shift;
-                        }
-                    }
-                }
+                let ch = (i % self.groups) * cg..(i % self.groups + 1) * cg;
+                forward_group(self, o, xg, &gamma[ch.clone()], &beta[ch], hw);
             });
         Ok(out)
     }
@@ -262,45 +386,8 @@ impl FusedGroupNorm {
             .zip(xv.par_chunks(cg * hw).zip(dv.par_chunks(cg * hw)))
             .enumerate()
             .map(|(i, (dxg, (xg, dg)))| {
-                let (mean, rstd) = stats(xg, self.eps);
-                let (mean_t, rstd_t) = (T::of(mean), T::of(rstd));
-                let c0 = (i % self.groups) * cg;
-                let mut sums = vec![(0.0, 0.0); cg];
-                // With dxhat = dy * gamma, dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)).
-                // First pass: dxhat into dx, the sums; second pass: dx.
-                let (mut s1, mut s2) = (0.0, 0.0);
-                for k in 0..cg {
-                    let (ga, be) = (gv[c0 + k], bv[c0 + k]);
-                    let r = k * hw..(k + 1) * hw;
-                    let (xr, dr, outr) = (&xg[r.clone()], &dg[r.clone()], &mut dxg[r]);
-                    for ((o, &xj), &dj) in outr.iter_mut().zip(xr).zip(dr) {
-                        let xhat = (xj - mean_t) * rstd_t;
-                        *o = if self.silu {
-                            let y = xhat * ga + be;
-                            let s = T::sigmoid(y);
-                            dj * s * (T::ONE + y * (T::ONE - s))
-                        } else {
-                            dj
-                        };
-                    }
-                    // outr now holds dy (after SiLU); the channel's sums, then dxhat.
-                    let xhat = |j: usize| (xr[j] - mean_t) * rstd_t;
-                    let dgk = row_sum((0..hw).map(|j| outr[j] * xhat(j)));
-                    let dbk = row_sum(outr.iter().copied());
-                    sums[k] = (dgk, dbk);
-                    s1 += dbk * ga.into();
-                    s2 += dgk * ga.into();
-                    for o in outr.iter_mut() {
-                        *o *= ga;
-                    }
-                }
-                let m = (cg * hw) as f64;
-                let (s1, s2) = (T::of(s1 / m), T::of(s2 / m));
-                for (o, &xj) in dxg.iter_mut().zip(xg) {
-                    let xhat = (xj - mean_t) * rstd_t;
-                    *o = rstd_t * (*o - s1 - xhat * s2);
-                }
-                sums
+                let ch = (i % self.groups) * cg..(i % self.groups + 1) * cg;
+                backward_group(self, dxg, xg, dg, &gv[ch.clone()], &bv[ch], hw)
             })
             .collect();
         let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
