@@ -122,6 +122,7 @@ trait Real:
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + std::ops::MulAssign
+    + std::ops::AddAssign
 {
     const ZERO: Self;
     const ONE: Self;
@@ -182,11 +183,11 @@ fn lane_sum<T: Copy, A: Real>(x: &[T], f: impl Fn(T) -> A) -> A {
     let chunks = x.chunks_exact(8);
     let mut rest = A::ZERO;
     for &v in chunks.remainder() {
-        rest = rest + f(v);
+        rest += f(v);
     }
     for c in chunks {
         for l in 0..8 {
-            acc[l] = acc[l] + f(c[l]);
+            acc[l] += f(c[l]);
         }
     }
     acc.iter().fold(rest, |a, &v| a + v)
@@ -199,11 +200,11 @@ fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> T {
     let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
     let mut rest = T::ZERO;
     for (&a, &b) in xc.remainder().iter().zip(yc.remainder()) {
-        rest = rest + f(a, b);
+        rest += f(a, b);
     }
     for (a, b) in xc.zip(yc) {
         for l in 0..8 {
-            acc[l] = acc[l] + f(a[l], b[l]);
+            acc[l] += f(a[l], b[l]);
         }
     }
     acc.iter().fold(rest, |a, &v| a + v)
