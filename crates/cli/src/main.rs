@@ -212,7 +212,7 @@ struct TrainArgs {
     /// Adam's weight decay, added to the gradient as in PyTorch's Adam (default 1e-4).
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// StepLR period in epochs (default 10).
+    /// StepLR period in epochs (0: a constant rate; default 10).
     #[arg(long)]
     lr_step: Option<usize>,
     /// StepLR factor (default 0.7).
@@ -236,13 +236,13 @@ struct TrainArgs {
     /// Seed of the weights' initialisation, the batches, the noise and dropout (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// Also validate every N steps.
+    /// Also validate every N steps (0 or none: only at the end of each epoch).
     #[arg(long)]
     val_every: Option<u64>,
     /// Validate on at most N images.
     #[arg(long)]
     val_limit: Option<usize>,
-    /// Log a line every N steps.
+    /// Log a line every N steps (default 10).
     #[arg(long)]
     log_every: Option<u64>,
     /// The training steps' arithmetic: f32, or bf16 (mixed precision: f32 weights, optimizer

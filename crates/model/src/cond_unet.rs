@@ -104,8 +104,14 @@ impl CondUnetConfig {
                 self.mults
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) || self.sigma_data <= 0.0 {
-            return Err("dropout must be in [0, 1) and sigma_data positive".into());
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(self.sigma_data > 0.0 && self.sigma_data.is_finite()) {
+            return Err(format!(
+                "sigma_data must be a positive number, got {}",
+                self.sigma_data
+            ));
         }
         Ok(())
     }

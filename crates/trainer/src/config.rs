@@ -279,6 +279,55 @@ impl TrainConfig {
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
         }
+        if !(self.lr_gamma > 0.0 && self.lr_gamma.is_finite()) {
+            return bad(format!(
+                "lr_gamma must be a positive number, got {}",
+                self.lr_gamma
+            ));
+        }
+        if let Some(t) = self.time_budget_secs {
+            if !(t > 0.0 && t.is_finite()) {
+                return bad(format!(
+                    "time budget must be a positive number of seconds, got {t}"
+                ));
+            }
+        }
+        if self.val_limit == Some(0) {
+            return bad(
+                "val_limit must be at least 1 (leave it out to validate on every held-out image)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        TrainConfig::default().validate().unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
+            ("batch", Box::new(|c| c.batch = 0)),
+            ("lr ", Box::new(|c| c.lr = -1.0)),
+            ("lr_gamma", Box::new(|c| c.lr_gamma = 0.0)),
+            ("lr_gamma", Box::new(|c| c.lr_gamma = f64::NAN)),
+            ("time budget", Box::new(|c| c.time_budget_secs = Some(-1.0))),
+            (
+                "time budget",
+                Box::new(|c| c.time_budget_secs = Some(f64::NAN)),
+            ),
+            ("val_limit", Box::new(|c| c.val_limit = Some(0))),
+            ("epochs", Box::new(|c| c.epochs = 0)),
+            ("dropout", Box::new(|c| c.dropout = Some(1.5))),
+        ];
+        for (key, set) in cases {
+            let mut c = TrainConfig::default();
+            set(&mut c);
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }
