@@ -309,19 +309,17 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         TrainConfig::default().validate().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
-            ("batch", Box::new(|c| c.batch = 0)),
-            ("lr ", Box::new(|c| c.lr = -1.0)),
-            ("lr_gamma", Box::new(|c| c.lr_gamma = 0.0)),
-            ("lr_gamma", Box::new(|c| c.lr_gamma = f64::NAN)),
-            ("time budget", Box::new(|c| c.time_budget_secs = Some(-1.0))),
-            (
-                "time budget",
-                Box::new(|c| c.time_budget_secs = Some(f64::NAN)),
-            ),
-            ("val_limit", Box::new(|c| c.val_limit = Some(0))),
-            ("epochs", Box::new(|c| c.epochs = 0)),
-            ("dropout", Box::new(|c| c.dropout = Some(1.5))),
+        type Set = fn(&mut TrainConfig);
+        let cases: Vec<(&str, Set)> = vec![
+            ("batch", |c| c.batch = 0),
+            ("lr ", |c| c.lr = -1.0),
+            ("lr_gamma", |c| c.lr_gamma = 0.0),
+            ("lr_gamma", |c| c.lr_gamma = f64::NAN),
+            ("time budget", |c| c.time_budget_secs = Some(-1.0)),
+            ("time budget", |c| c.time_budget_secs = Some(f64::NAN)),
+            ("val_limit", |c| c.val_limit = Some(0)),
+            ("epochs", |c| c.epochs = 0),
+            ("dropout", |c| c.dropout = Some(1.5)),
         ];
         for (key, set) in cases {
             let mut c = TrainConfig::default();
