@@ -798,7 +798,7 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     bar.set_message(format!("sampling {} images", a.count));
     let t = std::time::Instant::now();
     let x = sampler::sample(
-        &sampler::ModelDenoiser(&model),
+        &sampler::ModelDenoiser::new(&model),
         &[a.count, c, a.size, a.size],
         &cfg,
         a.seed,

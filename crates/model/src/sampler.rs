@@ -148,16 +148,47 @@ pub fn sample(
     Ok(x)
 }
 
-/// A conditioned [`Model`] seen as a denoiser on EDM's scale.
-pub struct ModelDenoiser<'a>(pub &'a Model);
+/// A conditioned [`Model`] seen as a denoiser on EDM's scale. It runs the network on at most
+/// `max_pixels` pixels at a time (whole images, at least one), so that memory stays bounded
+/// however many images are sampled; the result does not depend on it.
+pub struct ModelDenoiser<'a> {
+    pub model: &'a Model,
+    pub max_pixels: usize,
+}
 
-impl Denoiser for ModelDenoiser<'_> {
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+impl<'a> ModelDenoiser<'a> {
+    /// Pixels per network evaluation by default: 256 CIFAR-10 images (about 1 GB of
+    /// cond-unet's activations in f32).
+    pub const MAX_PIXELS: usize = 256 * 32 * 32;
+
+    pub fn new(model: &'a Model) -> Self {
+        Self {
+            model,
+            max_pixels: Self::MAX_PIXELS,
+        }
+    }
+
+    fn run(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let n = x.dim(0)?;
         let pix = ((x + 1.0)? * 0.5)?;
         let s = Tensor::full((sigma / 2.0) as f32, n, x.device())?.to_dtype(x.dtype())?;
-        let d = self.0.forward(&pix, Some(&s), None)?.detach();
+        let d = self.model.forward(&pix, Some(&s), None)?.detach();
         Ok(((d * 2.0)? - 1.0)?)
+    }
+}
+
+impl Denoiser for ModelDenoiser<'_> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let chunk = (self.max_pixels / (h * w).max(1)).max(1);
+        if n <= chunk {
+            return self.run(x, sigma);
+        }
+        let parts = (0..n)
+            .step_by(chunk)
+            .map(|i| self.run(&x.narrow(0, i, chunk.min(n - i))?, sigma))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 

@@ -247,3 +247,33 @@ fn sampler_reproduces_gaussian_data() {
         assert_eq!(v, vec64(&y));
     }
 }
+
+/// Sampling many images runs the network on a few at a time, with the same result.
+#[test]
+fn sampling_in_chunks_matches_one_batch() {
+    use denoise_model::sampler::ModelDenoiser;
+    let model = Model::new(&ModelConfig::CondUnet(tiny(false)), &Device::Cpu, 5).unwrap();
+    let cfg = SamplerConfig {
+        steps: 3,
+        ..Default::default()
+    };
+    let run = |max_pixels: usize| {
+        let d = ModelDenoiser {
+            model: &model,
+            max_pixels,
+        };
+        let x = sample(&d, &[7, 3, 8, 8], &cfg, 3, &Device::Cpu, &mut |_, _| {}).unwrap();
+        vec64(&x)
+    };
+    let whole = run(ModelDenoiser::MAX_PIXELS);
+    // 3 images per evaluation (the last chunk has one), then one at a time.
+    for max_pixels in [3 * 64 + 10, 1] {
+        let chunked = run(max_pixels);
+        let err = whole
+            .iter()
+            .zip(&chunked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-5, "max_pixels {max_pixels}: {err}");
+    }
+}

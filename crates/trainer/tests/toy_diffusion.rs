@@ -102,7 +102,7 @@ fn samples_land_on_the_training_patterns() {
     let model = Model::load(&tmp.path().join("last.safetensors"), &Device::Cpu).unwrap();
 
     let x = sample(
-        &ModelDenoiser(&model),
+        &ModelDenoiser::new(&model),
         &[16, 3, 8, 8],
         &SamplerConfig::default(),
         5,
