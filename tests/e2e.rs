@@ -591,6 +591,49 @@ fn bad_inputs_are_clear_errors() {
         "cpu",
     ]);
     assert!(err.contains("--sigmas"), "{err}");
+    // Outputs that cannot be written are refused before the evaluation, not after it.
+    for (flag, path, says) in [
+        ("--grid", t("grid.txt"), "use a .png name"),
+        ("--json", t("text.png/eval.json"), "cannot make its folder"),
+        ("--json", t("mixed"), "a folder, expected a file name"),
+    ] {
+        let err = fails(&[
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &t("mixed"),
+            flag,
+            &path,
+            "--device",
+            "cpu",
+        ]);
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+    }
+    // A file where the run's folder should be; a validation set of no images.
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("text.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("--out") && err.contains("found a file"),
+        "{err}"
+    );
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("o2"),
+        "--val-limit",
+        "0",
+    ]);
+    assert!(err.contains("val_limit must be at least 1"), "{err}");
 }
 
 /// `generate`: images of every layout and size keep their size, channels, bit depth and

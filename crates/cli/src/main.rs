@@ -548,8 +548,38 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Fails before a long run, not after it, on an output file that cannot be written: a
+/// folder's name, or a folder that cannot be made (it is made here).
+fn prepare_output(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {}: a folder, expected a file name", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "{flag} {}: cannot make its folder {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
+    if let Some(path) = &a.json {
+        prepare_output("--json", path)?;
+    }
+    if let Some(path) = &a.grid {
+        if images::format_of(path).ok() != Some(image::ImageFormat::Png) {
+            bail!(
+                "--grid {}: the grid is a PNG: use a .png name",
+                path.display()
+            );
+        }
+        prepare_output("--grid", path)?;
+    }
     if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
         bail!("--sigmas: expected non-negative numbers such as 15,25,50");
     }
@@ -892,6 +922,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.batch == 0 || a.infer_batch == 0 || a.size == 0 || !a.size.is_multiple_of(8) {
         bail!("--batch and --infer-batch must be at least 1 and --size a positive multiple of 8");
     }
+    if let Some(path) = &a.json {
+        prepare_output("--json", path)?;
+    }
     let config = tc.model_config().expect("validated");
     let r = denoise_trainer::bench::bench(
         &config,
@@ -919,6 +952,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 
 fn cmd_selftest(a: SelftestArgs) -> Result<()> {
     let device = pick_device(a.device)?;
+    if let Some(path) = &a.json {
+        prepare_output("--json", path)?;
+    }
     let checks = denoise_trainer::selftest::selftest(&device, 8, 4, 32, a.tol)?;
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
     let worst = |half: bool| {
@@ -944,7 +980,8 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
         denoise_model::checkpoint::write_atomic(
             path,
             serde_json::to_string_pretty(&json)?.as_bytes(),
-        )?;
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     if !failed.is_empty() {
         bail!("{} of {} checks failed", failed.len(), checks.len());
