@@ -2,8 +2,10 @@
 
 - seed-unet: DC blocks, max pooling, transposed convs, dropout 0.2/0.1, predicts the noise.
 - cond-unet: residual blocks (GroupNorm, SiLU, the noise embedding added per channel, dropout
-  0.1), average pooling, nearest upsampling, EDM's preconditioning; the same parameter names
-  as denoise's checkpoints, so that `--twin-check` can load one and compare the outputs.
+  0.1), average pooling, nearest upsampling, EDM's preconditioning.
+
+Both use denoise's parameter names and shapes, so that `--twin-check` can load a checkpoint of
+either into its twin and compare the outputs with `denoise generate`'s.
 
 The same step as `denoise bench`: loss 0.84 (1 - SSIM) + 0.16 L1 (SSIM with an 11x11 Gaussian
 window, valid region), Adam (lr 1e-3, weight decay 1e-4), synthetic batches at noise level 0.1.
@@ -29,21 +31,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def dc(a, b):
-    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(b, b, 3, padding=1), nn.ReLU(inplace=True))
+class DC(nn.Module):
+    """Two 3x3 convolutions with ReLU, named as denoise's `conv1` / `conv2`."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.conv1 = nn.Conv2d(a, b, 3, padding=1)
+        self.conv2 = nn.Conv2d(b, b, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)), inplace=True)
 
 
 class SeedUNet(nn.Module):
-    def __init__(self, c=3, b=64):
+    """denoise's `seed-unet` (crates/model/src/seed_unet.rs): predicts the noise, returns x - it."""
+
+    def __init__(self, c=3, b=64, mid_dropout=0.2, dec_dropout=0.1):
         super().__init__()
-        self.enc1, self.enc2, self.enc3 = dc(c, b), dc(b, 2 * b), dc(2 * b, 4 * b)
-        self.mid = dc(4 * b, 8 * b)
-        self.up3, self.dec3 = nn.ConvTranspose2d(8 * b, 4 * b, 2, 2), dc(8 * b, 4 * b)
-        self.up2, self.dec2 = nn.ConvTranspose2d(4 * b, 2 * b, 2, 2), dc(4 * b, 2 * b)
-        self.up1, self.dec1 = nn.ConvTranspose2d(2 * b, b, 2, 2), dc(2 * b, b)
+        self.enc1, self.enc2, self.enc3 = DC(c, b), DC(b, 2 * b), DC(2 * b, 4 * b)
+        self.mid = DC(4 * b, 8 * b)
+        self.up3, self.dec3 = nn.ConvTranspose2d(8 * b, 4 * b, 2, 2), DC(8 * b, 4 * b)
+        self.up2, self.dec2 = nn.ConvTranspose2d(4 * b, 2 * b, 2, 2), DC(4 * b, 2 * b)
+        self.up1, self.dec1 = nn.ConvTranspose2d(2 * b, b, 2, 2), DC(2 * b, b)
         self.out = nn.Conv2d(b, c, 1)
-        self.d_mid, self.d_dec = nn.Dropout(0.2), nn.Dropout(0.1)
+        self.d_mid, self.d_dec = nn.Dropout(mid_dropout), nn.Dropout(dec_dropout)
 
     def forward(self, x, sigma=None):  # blind: the noise level is not an input
         e1 = self.enc1(x)
@@ -270,16 +281,26 @@ def read_png(path):
 
 
 def twin_check(a):
-    """Loads a cond-unet checkpoint into the PyTorch twin, denoises a noisy test image with it
-    and with `denoise generate`, and compares the two results in 16-bit levels (65535 = 1)."""
-    config, tensors = read_checkpoint(a.checkpoint)
-    if config.pop("arch", "cond-unet") != "cond-unet":
-        raise SystemExit(f"{a.checkpoint}: --twin-check needs a cond-unet checkpoint")
-    model = CondUNet(c=config["channels"], b=config["base"], mults=config["mults"],
-                     blocks=config["blocks"], attention=config["attention"],
-                     dropout=config["dropout"], emb_dim=config["emb_dim"],
-                     sigma_data=config["sigma_data"])
-    state = {k.removeprefix("model."): v for k, v in tensors.items()}
+    """Loads a checkpoint into its PyTorch twin, denoises a noisy test image with it and with
+    `denoise generate`, and compares the two results in 16-bit levels (65535 = 1)."""
+    try:
+        config, tensors = read_checkpoint(a.checkpoint)
+    except (OSError, ValueError, KeyError, struct.error) as e:
+        raise SystemExit(f"{a.checkpoint}: not a denoise checkpoint ({e!r})")
+    arch = config.pop("arch", "cond-unet")
+    if arch == "cond-unet":
+        model = CondUNet(c=config["channels"], b=config["base"], mults=config["mults"],
+                         blocks=config["blocks"], attention=config["attention"],
+                         dropout=config["dropout"], emb_dim=config["emb_dim"],
+                         sigma_data=config["sigma_data"])
+    elif arch == "seed-unet":
+        model = SeedUNet(c=config["channels"], b=config["base"],
+                         mid_dropout=config["mid_dropout"], dec_dropout=config["dec_dropout"])
+    else:
+        raise SystemExit(f"{a.checkpoint}: unknown architecture {arch}")
+    # The weights denoise loads: the moving average (`ema.*`) where the checkpoint has it.
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     ours = {k: v for k, v in model.state_dict().items() if k != "freqs"}
     if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
         raise SystemExit(f"the twin's parameters differ from {a.checkpoint}'s: "
@@ -298,16 +319,18 @@ def twin_check(a):
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "noisy.png"), os.path.join(tmp, "ours.png")
         write_png(src, noisy)
-        subprocess.run([a.denoise, "generate", "--device", "cpu", "--model", a.checkpoint,
-                        "--image", src, "--sigma", str(a.sigma), "--out", dst], check=True,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([a.denoise, "generate", "--device", "cpu", "--model", a.checkpoint,
+                               "--image", src, "--sigma", str(a.sigma), "--out", dst],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"denoise generate failed:\n{done.stderr}")
         theirs = read_png(dst)
     inp = noisy.permute(2, 0, 1)[None].float() / 65535
     with torch.no_grad():
         twin = model(inp, torch.full((1,), a.sigma / 255))[0].permute(1, 2, 0)
     twin = (twin.clamp(0, 1) * 65535).round().long()
     diff = (twin - theirs).abs()
-    result = {"checkpoint": a.checkpoint, "image": [h, w], "sigma": a.sigma,
+    result = {"checkpoint": a.checkpoint, "arch": arch, "weights": prefix.rstrip("."), "image": [h, w], "sigma": a.sigma,
               "levels": 65535, "max_level_diff": int(diff.max()), "pixels_differing": float((diff > 0).float().mean()),
               "params": sum(p.numel() for p in model.parameters())}
     print(json.dumps(result))
@@ -320,7 +343,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", choices=["seed-unet", "cond-unet"], default="seed-unet")
     p.add_argument("--twin-check", action="store_true",
-                   help="compare the cond-unet twin with `denoise generate` on --checkpoint")
+                   help="load --checkpoint (either network) into its twin and compare the twin's "
+                        "output with `denoise generate`'s")
     p.add_argument("--denoise", default="target/release/denoise", help="the denoise binary (--twin-check)")
     p.add_argument("--checkpoint", default="models/cond-unet-cifar10.safetensors")
     p.add_argument("--sigma", type=float, default=25.0, help="--twin-check's noise level, 0..255")
