@@ -185,8 +185,20 @@ class CondUNet(nn.Module):
         return (d + 1) / 2
 
 
-def build(arch):
-    return SeedUNet() if arch == "seed-unet" else CondUNet()
+def build(arch, config=None):
+    """The twin of `arch`, shaped by a checkpoint's `denoise.model` config (default: denoise's
+    default shape)."""
+    if config is None:
+        return SeedUNet() if arch == "seed-unet" else CondUNet()
+    if arch == "cond-unet":
+        return CondUNet(c=config["channels"], b=config["base"], mults=config["mults"],
+                        blocks=config["blocks"], attention=config["attention"],
+                        dropout=config["dropout"], emb_dim=config["emb_dim"],
+                        sigma_data=config["sigma_data"])
+    if arch == "seed-unet":
+        return SeedUNet(c=config["channels"], b=config["base"],
+                        mid_dropout=config["mid_dropout"], dec_dropout=config["dec_dropout"])
+    raise SystemExit(f"unknown architecture {arch}")
 
 
 def gaussian_window(size=11, sigma=1.5, device="cpu"):
@@ -288,16 +300,7 @@ def twin_check(a):
     except (OSError, ValueError, KeyError, struct.error) as e:
         raise SystemExit(f"{a.checkpoint}: not a denoise checkpoint ({e!r})")
     arch = config.pop("arch", "cond-unet")
-    if arch == "cond-unet":
-        model = CondUNet(c=config["channels"], b=config["base"], mults=config["mults"],
-                         blocks=config["blocks"], attention=config["attention"],
-                         dropout=config["dropout"], emb_dim=config["emb_dim"],
-                         sigma_data=config["sigma_data"])
-    elif arch == "seed-unet":
-        model = SeedUNet(c=config["channels"], b=config["base"],
-                         mid_dropout=config["mid_dropout"], dec_dropout=config["dec_dropout"])
-    else:
-        raise SystemExit(f"{a.checkpoint}: unknown architecture {arch}")
+    model = build(arch, config)
     # The weights denoise loads: the moving average (`ema.*`) where the checkpoint has it.
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}

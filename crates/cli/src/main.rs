@@ -566,18 +566,31 @@ fn prepare_output(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a grid's file name that is not `.png` (grids are written as PNG only).
+fn require_png(flag: &str, path: &Path) -> Result<()> {
+    if images::format_of(path).ok() != Some(image::ImageFormat::Png) {
+        bail!(
+            "{flag} {}: the grid is written as PNG: use a .png name",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON, atomically.
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
     if let Some(path) = &a.json {
         prepare_output("--json", path)?;
     }
     if let Some(path) = &a.grid {
-        if images::format_of(path).ok() != Some(image::ImageFormat::Png) {
-            bail!(
-                "--grid {}: the grid is a PNG: use a .png name",
-                path.display()
-            );
-        }
+        require_png("--grid", path)?;
         prepare_output("--grid", path)?;
     }
     if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
@@ -633,11 +646,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "seed": a.seed,
             "results": results,
         });
-        denoise_model::checkpoint::write_atomic(
-            path,
-            serde_json::to_string_pretty(&json)?.as_bytes(),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &json)?;
     }
     if let Some(path) = &a.grid {
         eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path)
@@ -793,12 +802,7 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
 
 fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     use denoise_model::sampler::{self, Method, SamplerConfig};
-    if images::format_of(&a.out)? != image::ImageFormat::Png {
-        bail!(
-            "--out {}: the grid is written as PNG: use a .png name",
-            a.out.display()
-        );
-    }
+    require_png("--out", &a.out)?;
     if a.count == 0 || a.steps == 0 {
         bail!("--count and --steps must be at least 1");
     }
@@ -944,8 +948,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         r.infer_gflops, r.threads, r.peak_rss_mb
     );
     if let Some(path) = &a.json {
-        denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &serde_json::to_value(&r)?)?;
     }
     Ok(())
 }
@@ -977,11 +980,7 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let json =
             serde_json::json!({ "device": format!("{device:?}"), "tol": a.tol, "checks": checks });
-        denoise_model::checkpoint::write_atomic(
-            path,
-            serde_json::to_string_pretty(&json)?.as_bytes(),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &json)?;
     }
     if !failed.is_empty() {
         bail!("{} of {} checks failed", failed.len(), checks.len());

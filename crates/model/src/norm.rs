@@ -175,30 +175,14 @@ pub fn exp_f32(x: f32) -> f32 {
     f32::from_bits((p.to_bits() as i32).wrapping_add((r as i32) << 23) as u32)
 }
 
-/// The sum of `f` over `x`, in eight independent lanes of `A` (so that the loop vectorises and
-/// is not one long chain of dependent additions), the lanes added at the end.
+/// The sum of `f` over the pairs of two equally long slices, in eight independent lanes of `A`
+/// (so that the loop vectorises and is not one long chain of dependent additions), the lanes
+/// added at the end.
 #[inline(always)]
-fn lane_sum<T: Copy, A: Real>(x: &[T], f: impl Fn(T) -> A) -> A {
+fn lane_sum2<T: Copy, A: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> A) -> A {
     let mut acc = [A::ZERO; 8];
-    let chunks = x.chunks_exact(8);
-    let mut rest = A::ZERO;
-    for &v in chunks.remainder() {
-        rest += f(v);
-    }
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += f(c[l]);
-        }
-    }
-    acc.iter().fold(rest, |a, &v| a + v)
-}
-
-/// [`lane_sum`] over pairs of two equally long slices.
-#[inline(always)]
-fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> T {
-    let mut acc = [T::ZERO; 8];
     let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let mut rest = T::ZERO;
+    let mut rest = A::ZERO;
     for (&a, &b) in xc.remainder().iter().zip(yc.remainder()) {
         rest += f(a, b);
     }
@@ -208,6 +192,12 @@ fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> T {
         }
     }
     acc.iter().fold(rest, |a, &v| a + v)
+}
+
+/// [`lane_sum2`] over one slice.
+#[inline(always)]
+fn lane_sum<T: Copy, A: Real>(x: &[T], f: impl Fn(T) -> A) -> A {
+    lane_sum2(x, x, |a, _| f(a))
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one group (accumulated in f64, in two passes).
@@ -337,6 +327,12 @@ fn backward_group_body<T: Real>(
 }
 
 impl FusedGroupNorm {
+    /// The channels of the `i`-th (image, group) block, `cg` channels per group.
+    fn group_channels(&self, i: usize, cg: usize) -> std::ops::Range<usize> {
+        let g = i % self.groups;
+        g * cg..(g + 1) * cg
+    }
+
     fn dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let (n, c, h, w) = l.shape().dims4()?;
         if self.groups == 0 || !c.is_multiple_of(self.groups) {
@@ -362,7 +358,7 @@ impl FusedGroupNorm {
             .zip(x.par_chunks(cg * hw))
             .enumerate()
             .for_each(|(i, (o, xg))| {
-                let ch = (i % self.groups) * cg..(i % self.groups + 1) * cg;
+                let ch = self.group_channels(i, cg);
                 forward_group(self, o, xg, &gamma[ch.clone()], &beta[ch], hw);
             });
         Ok(out)
@@ -387,16 +383,15 @@ impl FusedGroupNorm {
             .zip(xv.par_chunks(cg * hw).zip(dv.par_chunks(cg * hw)))
             .enumerate()
             .map(|(i, (dxg, (xg, dg)))| {
-                let ch = (i % self.groups) * cg..(i % self.groups + 1) * cg;
+                let ch = self.group_channels(i, cg);
                 backward_group(self, dxg, xg, dg, &gv[ch.clone()], &bv[ch], hw)
             })
             .collect();
         let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
         for (i, sums) in partial.iter().enumerate() {
-            let c0 = (i % self.groups) * cg;
-            for (k, &(dg, db)) in sums.iter().enumerate() {
-                dgamma[c0 + k] += dg;
-                dbeta[c0 + k] += db;
+            for (ch, &(dg, db)) in self.group_channels(i, cg).zip(sums) {
+                dgamma[ch] += dg;
+                dbeta[ch] += db;
             }
         }
         dx.extend(dgamma.into_iter().chain(dbeta).map(T::of));
