@@ -16,17 +16,22 @@ use crate::ImageSet;
 /// How batches are made.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
+    /// Images per batch.
     pub batch_size: usize,
     /// Noise standard deviation range, on the `[0, 1]` scale (`55/255` for the default maximum).
     pub sigma_min: f32,
+    /// See `sigma_min`.
     pub sigma_max: f32,
     /// The share of images whose noise level is drawn instead from EDM's log-normal,
     /// `ln(2 sigma) ~ N(p_mean, p_std^2)` (`2 sigma`: the level on the `[-1, 1]` data scale).
     pub lognormal_fraction: f32,
+    /// Mean of `ln(2 sigma)` in the log-normal. Default -1.2.
     pub p_mean: f32,
+    /// Standard deviation of `ln(2 sigma)` in the log-normal. Default 1.2.
     pub p_std: f32,
     /// Random horizontal flips.
     pub flip: bool,
+    /// The run's seed: with the epoch and batch index it fixes every random choice.
     pub seed: u64,
 }
 
@@ -59,20 +64,28 @@ impl Default for BatchConfig {
 /// A batch of clean images and their noisy copies, `(n, c, h, w)` in `[0, 1]` (noisy not clipped).
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The clean images.
     pub clean: Vec<f32>,
+    /// The same images with Gaussian noise of each image's level added.
     pub noisy: Vec<f32>,
     /// The noise level of each image.
     pub sigmas: Vec<f32>,
+    /// Number of images.
     pub n: usize,
+    /// Channels.
     pub c: usize,
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
+    /// The epoch the batch belongs to.
     pub epoch: usize,
     /// Index of the batch within its epoch.
     pub index: usize,
 }
 
 impl Batch {
+    /// `(n, c, h, w)`.
     pub fn shape(&self) -> (usize, usize, usize, usize) {
         (self.n, self.c, self.h, self.w)
     }
@@ -157,10 +170,12 @@ pub fn validation_batches<'a>(
 pub struct Batcher {
     rx: Receiver<Batch>,
     handle: Option<JoinHandle<()>>,
+    /// Batches per epoch (the last one may be smaller).
     pub steps_per_epoch: usize,
 }
 
 impl Batcher {
+    /// Starts the thread, at batch `index` of `epoch`.
     pub fn start(set: Arc<ImageSet>, cfg: BatchConfig, epoch: usize, index: usize) -> Self {
         let steps = steps_per_epoch(set.n, cfg.batch_size);
         let (tx, rx) = sync_channel(2);

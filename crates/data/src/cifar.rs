@@ -8,6 +8,7 @@ use crate::{io_err, DataError, ImageSet, Result, Splits};
 
 /// The folder the official archive extracts to.
 pub const BIN_DIR: &str = "cifar-10-batches-bin";
+/// The five training batch files, 10,000 images each.
 pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -15,7 +16,9 @@ pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_4.bin",
     "data_batch_5.bin",
 ];
+/// The test batch file.
 pub const TEST_FILE: &str = "test_batch.bin";
+/// The class names, indexed by label.
 pub const CLASSES: [&str; 10] = [
     "airplane",
     "automobile",
@@ -28,7 +31,9 @@ pub const CLASSES: [&str; 10] = [
     "ship",
     "truck",
 ];
+/// Bytes per record: a label byte and a 32x32 RGB image.
 pub const RECORD: usize = 1 + 3072;
+/// Records per batch file.
 pub const RECORDS_PER_FILE: usize = 10_000;
 /// Held out for validation: the last 5,000 training images (half of `data_batch_5.bin`).
 pub const VAL_IMAGES: usize = 5_000;

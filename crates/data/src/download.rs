@@ -11,8 +11,11 @@ use md5::{Digest, Md5};
 use crate::cifar::{self, BIN_DIR};
 use crate::{io_err, DataError, Result};
 
+/// Where the official binary release is downloaded from.
 pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// The archive's MD5, as published on the CIFAR-10 page.
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+/// The archive's file name in the data folder.
 pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 
 /// What to tell a user whose machine cannot download the archive.

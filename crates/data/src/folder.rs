@@ -10,6 +10,7 @@ use crate::{io_err, DataError, ImageSet, LoadOptions, Result, Splits};
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
+/// Whether a path names a PNG or JPEG file (by its extension, in any case).
 pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -175,8 +176,8 @@ fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
         .collect()
 }
 
-/// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
-/// the whole folder is both the pool for training and the test set.
+/// The folders of the training and of the test images (the same folder when there are no
+/// `train/` and `test/` subfolders).
 fn split_dirs(dir: &Path) -> (PathBuf, PathBuf) {
     if dir.join("train").is_dir() && dir.join("test").is_dir() {
         (dir.join("train"), dir.join("test"))
@@ -212,6 +213,8 @@ pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
     read_set(&labeled(&test_classes), size, opts.crop, names)
 }
 
+/// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
+/// the whole folder is both the pool for training and the test set.
 pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
     let (train_dir, test_dir) = split_dirs(dir);
     let train_classes = classes(&train_dir)?;

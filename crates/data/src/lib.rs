@@ -7,6 +7,28 @@
 //! also estimates the noise level of a single noisy image ([`estimate`]). Images are kept in
 //! memory as `u8` CHW arrays; batches are `f32` in `[0, 1]`. It knows nothing of models, losses
 //! or devices: it hands out plain `Vec<f32>` batches.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use denoise_data::{BatchConfig, Batcher, ImageSet};
+//!
+//! // Ten 32x32 RGB images in memory. From disk: `denoise_data::load(path, &Default::default())?`
+//! // gives the train / validation / test splits of a CIFAR-10 or image folder.
+//! let (n, c, h, w) = (10, 3, 32, 32);
+//! let pixels = (0..n * c * h * w).map(|i| (i % 251) as u8).collect();
+//! let set = ImageSet { pixels, n, c, h, w, ..Default::default() };
+//!
+//! // Batches of 4, each image with its own noise level (uniform in [0, 55/255] by default).
+//! let cfg = BatchConfig { batch_size: 4, seed: 7, ..Default::default() };
+//! let mut batches = Batcher::start(Arc::new(set), cfg.clone(), 0, 0);
+//! assert_eq!(batches.steps_per_epoch, 3); // 4 + 4 + 2 images, as PyTorch's DataLoader
+//! let b = batches.next_batch();
+//! assert_eq!(b.shape(), (4, 3, 32, 32));
+//! assert!(b.sigmas.iter().all(|&s| (0.0..=cfg.sigma_max).contains(&s)));
+//! assert_eq!(b.noisy.len(), b.clean.len());
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod batch;
 pub mod cifar;
@@ -22,49 +44,89 @@ pub use batch::{Batch, BatchConfig, Batcher};
 /// What can go wrong while finding, downloading or reading a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A file has the wrong length (a truncated or foreign CIFAR-10 batch file).
     #[error("{path}: expected {expected} bytes ({what}), found {found}")]
     BadSize {
+        /// The file.
         path: PathBuf,
+        /// The length it should have.
         expected: u64,
+        /// The length it has.
         found: u64,
+        /// What the file should hold.
         what: String,
     },
+    /// A file or folder that should be there is not.
     #[error("{path}: missing (expected {what})")]
-    Missing { path: PathBuf, what: String },
+    Missing {
+        /// The path that is missing.
+        path: PathBuf,
+        /// What was expected there.
+        what: String,
+    },
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// An image file cannot be decoded.
     #[error("{path}: cannot decode image: {reason}")]
-    Image { path: PathBuf, reason: String },
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// An image of a folder dataset has another size than the dataset's.
     #[error("{path}: image is {found_w}x{found_h}, the dataset's images are {want_w}x{want_h} (pass the crop option to center-crop larger images)")]
     WrongImageSize {
+        /// The file.
         path: PathBuf,
+        /// Its width.
         found_w: u32,
+        /// Its height.
         found_h: u32,
+        /// The dataset's width.
         want_w: u32,
+        /// The dataset's height.
         want_h: u32,
     },
+    /// A folder holds neither the CIFAR-10 binary files nor images.
     #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no PNG or JPEG images found")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// The CIFAR-10 archive could not be downloaded.
     #[error("downloading {url} failed: {reason}\n{help}")]
     Download {
+        /// Where it was downloaded from.
         url: String,
+        /// What went wrong.
         reason: String,
+        /// What the user can do instead (where to put the files by hand).
         help: String,
     },
+    /// A downloaded archive is not the expected file.
     #[error("{path}: checksum mismatch: md5 {found}, expected {expected}")]
     Checksum {
+        /// The archive.
         path: PathBuf,
+        /// The MD5 it should have.
         expected: String,
+        /// The MD5 it has.
         found: String,
     },
+    /// Any other wrong input or setting, described in full.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// A result whose error is a [`DataError`].
 pub type Result<T> = std::result::Result<T, DataError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
@@ -77,17 +139,24 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + 
 /// Clean images in memory: `n` images of `c x h x w` bytes each (CHW), with optional labels.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSet {
+    /// All images, one after the other, each `c * h * w` bytes in CHW order.
     pub pixels: Vec<u8>,
+    /// The class of each image (empty when unlabeled).
     pub labels: Vec<u16>,
+    /// Number of images.
     pub n: usize,
+    /// Channels (3 for RGB).
     pub c: usize,
+    /// Height.
     pub h: usize,
+    /// Width.
     pub w: usize,
     /// Class names, indexed by label (empty when unlabeled).
     pub classes: Vec<String>,
 }
 
 impl ImageSet {
+    /// Bytes per image: `c * h * w`.
     pub fn image_len(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -150,8 +219,11 @@ impl ImageSet {
 /// Train, validation and test images of a dataset.
 #[derive(Debug, Clone)]
 pub struct Splits {
+    /// The training images (without the validation images).
     pub train: ImageSet,
+    /// The held-out validation images, taken from the training set.
     pub val: ImageSet,
+    /// The test images.
     pub test: ImageSet,
     /// What was read, for logs.
     pub description: String,

@@ -19,6 +19,7 @@ pub fn mix(parts: &[u64]) -> u64 {
     z
 }
 
+/// A generator seeded from several numbers (see [`mix`]).
 pub fn rng_for(parts: &[u64]) -> DataRng {
     DataRng::seed_from_u64(mix(parts))
 }

@@ -27,6 +27,8 @@
 //! # Ok::<(), denoise_loss::LossError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::{DType, Device, Tensor, D};
 
 /// What can go wrong when computing a loss or metric.
@@ -40,12 +42,20 @@ pub enum LossError {
     BadRank(Vec<usize>),
     /// The image is smaller than the SSIM window.
     #[error("SSIM needs images of at least {window}x{window} pixels, got {h}x{w}")]
-    TooSmall { window: usize, h: usize, w: usize },
+    TooSmall {
+        /// The window's side.
+        window: usize,
+        /// The image's height.
+        h: usize,
+        /// The image's width.
+        w: usize,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
+/// A result whose error is a [`LossError`].
 pub type Result<T> = std::result::Result<T, LossError>;
 
 fn as_4d(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -128,7 +138,9 @@ pub struct Ssim {
     pub window: usize,
     /// Standard deviation of the Gaussian window. Default 1.5.
     pub sigma: f64,
+    /// Stabiliser of the luminance term: `C1 = (k1 * data_range)^2`. Default 0.01.
     pub k1: f64,
+    /// Stabiliser of the contrast-structure term: `C2 = (k2 * data_range)^2`. Default 0.03.
     pub k2: f64,
     /// The dynamic range of the images (1.0 for `[0, 1]`).
     pub data_range: f64,
@@ -220,6 +232,7 @@ impl Ssim {
 pub struct MixLoss {
     /// Weight of the SSIM term; the L1 term gets `1 - ssim_weight`. Default 0.84.
     pub ssim_weight: f64,
+    /// The SSIM of the SSIM term.
     pub ssim: Ssim,
 }
 
@@ -233,6 +246,7 @@ impl Default for MixLoss {
 }
 
 impl MixLoss {
+    /// The mix with this SSIM weight and the default SSIM.
     pub fn new(ssim_weight: f64) -> Self {
         Self {
             ssim_weight,

@@ -21,8 +21,12 @@ pub const FORMAT: &str = "denoise-checkpoint/1";
 /// An in-memory checkpoint: tensors (on the CPU) and metadata.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
+    /// The file it was loaded from or will be saved to.
     pub path: String,
+    /// The safetensors metadata: `denoise.format`, `denoise.model` (the architecture as JSON)
+    /// and whatever else the trainer and `export` store (`denoise.train`, `denoise.eval`, ...).
     pub metadata: BTreeMap<String, String>,
+    /// Tensors by name: `model.*`, `ema.*`, `adam.m.*`, `adam.v.*`.
     pub tensors: BTreeMap<String, Tensor>,
 }
 
@@ -73,6 +77,7 @@ impl Checkpoint {
             .ok_or_else(|| bad(&self.path, format!("no tensor named {name}")))
     }
 
+    /// Whether there is a tensor of this name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

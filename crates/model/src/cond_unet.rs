@@ -40,6 +40,7 @@ pub struct CondUnetConfig {
     /// Self-attention at the lowest resolution.
     #[serde(default)]
     pub attention: bool,
+    /// Dropout probability in each residual block, while training. Default 0.1.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
     /// Width of the noise-level embedding.
@@ -249,6 +250,7 @@ fn up(x: &Tensor) -> Result<Tensor> {
 /// The network. Build with [`CondUnet::new`]; [`CondUnet::denoise`] is `D(x; sigma)`.
 #[derive(Debug, Clone)]
 pub struct CondUnet {
+    /// The configuration it was built from.
     pub config: CondUnetConfig,
     freqs: Vec<f32>,
     map1: Linear,
@@ -267,10 +269,12 @@ pub struct CondUnet {
 }
 
 impl CondUnet {
+    /// A network with f32 weights, initialised from `seed`.
     pub fn new(config: CondUnetConfig, device: &Device, seed: u64) -> Result<Self> {
         Self::with_dtype(config, device, DType::F32, seed)
     }
 
+    /// A network with weights of `dtype`, initialised from `seed`.
     pub fn with_dtype(
         config: CondUnetConfig,
         device: &Device,
@@ -356,6 +360,7 @@ impl CondUnet {
         })
     }
 
+    /// Parameters in a fixed order, by name.
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }

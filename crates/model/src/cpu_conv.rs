@@ -23,8 +23,11 @@ pub trait Float:
     + std::ops::Mul<Output = Self>
     + 'static
 {
+    /// 0.
     const ZERO: Self;
+    /// 1.
     const ONE: Self;
+    /// 0.5.
     const HALF: Self;
 }
 impl Float for f32 {
@@ -41,11 +44,17 @@ impl Float for f64 {
 /// Shape of a convolution: `n` images of `c_in x h x w`, `c_out` kernels of `k x k`, padding `k / 2`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvShape {
+    /// Images.
     pub n: usize,
+    /// Input channels.
     pub c_in: usize,
+    /// Output channels.
     pub c_out: usize,
+    /// Height (of the input and of the output).
     pub h: usize,
+    /// Width (of the input and of the output).
     pub w: usize,
+    /// Kernel side (odd).
     pub k: usize,
 }
 

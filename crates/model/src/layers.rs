@@ -29,9 +29,13 @@ use crate::Result;
 /// A 2-D convolution with stride 1 and "same" padding (`(k - 1) / 2`), optional fused ReLU.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
+    /// `(C_out, C_in, k, k)`, as PyTorch.
     pub weight: Var,
+    /// `(C_out,)`.
     pub bias: Var,
+    /// The kernel's side `k`.
     pub kernel: usize,
+    /// Whether a ReLU follows, fused into the convolution.
     pub relu: bool,
 }
 
@@ -60,6 +64,7 @@ impl Conv2d {
         })
     }
 
+    /// `(N, C_in, H, W)` to `(N, C_out, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (w, b) = (&cast(&self.weight, &x)?, &cast(&self.bias, &x)?);
@@ -383,10 +388,12 @@ impl CustomOp3 for FusedConv {
 pub struct ConvTranspose2x2 {
     /// PyTorch's layout: `(C_in, C_out, 2, 2)`.
     pub weight: Var,
+    /// `(C_out,)`.
     pub bias: Var,
 }
 
 impl ConvTranspose2x2 {
+    /// Creates the layer with PyTorch's default initialisation and registers its parameters.
     pub fn new(store: &mut ParamStore, name: &str, c_in: usize, c_out: usize) -> Result<Self> {
         // PyTorch computes fan_in from dim 1 of the weight: C_out * 2 * 2.
         let fan_in = c_out * 4;
@@ -395,6 +402,7 @@ impl ConvTranspose2x2 {
         Ok(Self { weight, bias })
     }
 
+    /// `(N, C_in, H, W)` to `(N, C_out, 2H, 2W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c_in, h, w) = x.dims4()?;
         let c_out = self.weight.dim(1)?;

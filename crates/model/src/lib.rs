@@ -8,6 +8,41 @@
 //! layers have correct gradients where candle 0.11's do not (see [`layers`]). It knows nothing
 //! of datasets, losses or optimisers; the trainer stores its own state in the same checkpoint
 //! files through [`checkpoint`].
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use denoise_model::{sampler, Model};
+//!
+//! let dev = Device::Cpu;
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/cond-unet-cifar10.safetensors");
+//! // A checkpoint says which network it holds: no architecture to pass.
+//! let model = Model::load(std::path::Path::new(path), &dev)?;
+//!
+//! // A flat gray 40x24 picture with Gaussian noise of sigma 25 (of 255). Any size: it is
+//! // padded to the network's multiple and cropped back ([`tiles`] for large images).
+//! let clean = Tensor::full(0.5f32, (1, 3, 24, 40), &dev)?;
+//! let sigma = 25.0 / 255.0;
+//! let noisy = (&clean + (sampler::gaussian(&[1, 3, 24, 40], 7, &dev)? * sigma)?)?;
+//! let denoised = model.denoise_any_size(&noisy, &[sigma])?; // clipped to [0, 1]
+//! let mse = |x: &Tensor| (x - &clean)?.sqr()?.mean_all()?.to_scalar::<f32>();
+//! assert!(mse(&denoised)? < mse(&noisy)? / 10.0);
+//!
+//! // Four new 32x32 images from pure noise with EDM's Heun sampler (here 4 steps, not 18).
+//! let cfg = sampler::SamplerConfig { steps: 4, ..Default::default() };
+//! let x = sampler::sample(
+//!     &sampler::ModelDenoiser::new(&model),
+//!     &[4, 3, 32, 32],
+//!     &cfg,
+//!     0, // seed
+//!     &dev,
+//!     &mut |_step, _steps| {},
+//! )?;
+//! let pixels = sampler::to_pixels(&x)?; // in [0, 1]
+//! assert_eq!(pixels.dims(), &[4, 3, 32, 32]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod bias_act;
 pub mod checkpoint;
@@ -36,38 +71,68 @@ pub use seed_unet::{SeedUnet, SeedUnetConfig};
 /// What can go wrong when building, running, saving or loading a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The network was run directly on an image whose sides it cannot halve often enough
+    /// ([`Model::denoise_any_size`] pads instead).
     #[error("image size {h}x{w} is not a multiple of {multiple} (the network downsamples {levels} times)")]
     BadSize {
+        /// The image's height.
         h: usize,
+        /// The image's width.
         w: usize,
+        /// What both sides must be a multiple of.
         multiple: usize,
+        /// How many times the network halves the image.
         levels: usize,
     },
+    /// The input is not `(N, C, H, W)` with the network's number of channels.
     #[error("expected {expected} input channels, got a tensor of shape {shape:?}")]
-    BadChannels { expected: usize, shape: Vec<usize> },
+    BadChannels {
+        /// The network's channels.
+        expected: usize,
+        /// The shape it was given.
+        shape: Vec<usize>,
+    },
+    /// A conditioned network was run without noise levels.
     #[error("{arch} needs the noise level of each image (it is conditioned on it)")]
-    NeedsSigma { arch: &'static str },
+    NeedsSigma {
+        /// The network.
+        arch: &'static str,
+    },
+    /// A configuration (of a network or of the sampler) is out of range; the message says how.
     #[error("bad model configuration: {0}")]
     BadConfig(String),
+    /// A checkpoint file is not one `denoise` can load.
     #[error("checkpoint {path}: {reason}")]
-    BadCheckpoint { path: String, reason: String },
+    BadCheckpoint {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
     #[error("cannot read or write {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
+/// A result whose error is a [`ModelError`].
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 /// Which network, and its shape. Stored as JSON in every checkpoint's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "kebab-case")]
 pub enum ModelConfig {
+    /// The original project's blind U-Net.
     SeedUnet(SeedUnetConfig),
+    /// The noise-level-conditioned U-Net with EDM preconditioning.
     CondUnet(CondUnetConfig),
 }
 
@@ -84,6 +149,7 @@ impl ModelConfig {
     /// The architectures this build knows.
     pub const ARCHES: &'static [&'static str] = &["cond-unet", "seed-unet"];
 
+    /// The architecture's name: `seed-unet` or `cond-unet`.
     pub fn arch(&self) -> &'static str {
         match self {
             Self::SeedUnet(_) => "seed-unet",
@@ -103,7 +169,9 @@ impl ModelConfig {
 /// A network of any architecture.
 #[derive(Debug, Clone)]
 pub enum Model {
+    /// The original project's blind U-Net.
     SeedUnet(SeedUnet),
+    /// The noise-level-conditioned U-Net with EDM preconditioning.
     CondUnet(CondUnet),
 }
 
@@ -165,6 +233,7 @@ impl Model {
         }
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> ModelConfig {
         match self {
             Self::SeedUnet(m) => ModelConfig::SeedUnet(m.config.clone()),
@@ -180,10 +249,12 @@ impl Model {
         }
     }
 
+    /// The number of trained parameters.
     pub fn num_params(&self) -> usize {
         params::count(self.vars())
     }
 
+    /// The device the weights are on.
     pub fn device(&self) -> &Device {
         self.vars()[0].1.device()
     }

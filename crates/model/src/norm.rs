@@ -17,9 +17,13 @@ use crate::Result;
 /// and 0, as PyTorch), optionally followed by SiLU.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
+    /// Per-channel scale (`weight` in PyTorch).
     pub gamma: Var,
+    /// Per-channel shift (`bias` in PyTorch).
     pub beta: Var,
+    /// Groups the channels are split into ([`default_groups`]).
     pub groups: usize,
+    /// Added to the variance. Default 1e-5.
     pub eps: f64,
 }
 
@@ -34,6 +38,7 @@ pub fn default_groups(channels: usize) -> usize {
 }
 
 impl GroupNorm {
+    /// Creates the layer for `channels` and registers its parameters.
     pub fn new(store: &mut ParamStore, name: &str, channels: usize) -> Result<Self> {
         let dev = candle_core::Device::Cpu;
         let gamma = store.push(

@@ -38,6 +38,7 @@ pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Res
 
 /// A CPU kernel on two operands' values, for f32 and f64 alike.
 pub trait BinaryKernel {
+    /// The result's values from the two operands' values.
     fn run<T: Float>(&self, a: &[T], b: &[T]) -> Vec<T>;
 }
 

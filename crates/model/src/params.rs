@@ -58,6 +58,7 @@ impl ParamStore {
         Ok(var)
     }
 
+    /// The registered parameters, by name, in the order they were made.
     pub fn into_vars(self) -> Vec<(String, Var)> {
         self.vars
     }

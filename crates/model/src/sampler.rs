@@ -15,6 +15,7 @@ use crate::{Model, ModelError, Result};
 
 /// A denoiser `D(x; sigma)` on EDM's scale: `x` `(N, C, H, W)`, one `sigma` for the batch.
 pub trait Denoiser {
+    /// The denoised estimate of `x` at noise level `sigma`.
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
 }
 
@@ -22,7 +23,9 @@ pub trait Denoiser {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
+    /// One network evaluation per step.
     Euler,
+    /// Euler plus a trapezoidal correction: two evaluations per step, except the last.
     Heun,
 }
 
@@ -40,10 +43,15 @@ impl std::str::FromStr for Method {
 /// The sampler's settings; the defaults are EDM's for CIFAR-10.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {
+    /// Steps from `sigma_max` down to 0. Default 18.
     pub steps: usize,
+    /// The last noise level before 0, on the `[-1, 1]` scale. Default 0.002.
     pub sigma_min: f64,
+    /// The starting noise level, on the `[-1, 1]` scale. Default 80.
     pub sigma_max: f64,
+    /// Spacing of the levels: larger spends more steps at low noise. Default 7.
     pub rho: f64,
+    /// Euler or Heun. Default Heun.
     pub method: Method,
 }
 
@@ -89,6 +97,7 @@ impl SamplerConfig {
         }
     }
 
+    /// Refuses settings the sampler cannot run, saying which.
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.steps == 0 {
             return Err("steps must be at least 1".into());
@@ -152,7 +161,9 @@ pub fn sample(
 /// `max_pixels` pixels at a time (whole images, at least one), so that memory stays bounded
 /// however many images are sampled; the result does not depend on it.
 pub struct ModelDenoiser<'a> {
+    /// The network (conditioned).
     pub model: &'a Model,
+    /// Pixels per network evaluation at most.
     pub max_pixels: usize,
 }
 
@@ -161,6 +172,7 @@ impl<'a> ModelDenoiser<'a> {
     /// cond-unet's activations in f32).
     pub const MAX_PIXELS: usize = 256 * 32 * 32;
 
+    /// The model, with [`Self::MAX_PIXELS`].
     pub fn new(model: &'a Model) -> Self {
         Self {
             model,

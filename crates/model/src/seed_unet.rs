@@ -23,8 +23,10 @@ pub struct SeedUnetConfig {
     /// Width of the first level; the next levels double it.
     #[serde(default = "default_base")]
     pub base: usize,
+    /// Dropout probability after the bottleneck, while training. Default 0.2.
     #[serde(default = "default_mid_dropout")]
     pub mid_dropout: f64,
+    /// Dropout probability after the two deeper decoders, while training. Default 0.1.
     #[serde(default = "default_dec_dropout")]
     pub dec_dropout: f64,
 }
@@ -75,6 +77,7 @@ impl DoubleConv {
 /// The network. Build with [`SeedUnet::new`], run with [`SeedUnet::forward`].
 #[derive(Debug, Clone)]
 pub struct SeedUnet {
+    /// The configuration it was built from.
     pub config: SeedUnetConfig,
     enc1: DoubleConv,
     enc2: DoubleConv,

@@ -13,7 +13,9 @@ use crate::{Model, ModelError, Result};
 /// How images are cut.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TileConfig {
+    /// Side of the square tiles, in pixels. Default 256.
     pub tile: usize,
+    /// Pixels shared by neighbouring tiles, blended across. Default 32.
     pub overlap: usize,
     /// Images with at most this many pixels run in one piece.
     pub whole_limit: usize,

@@ -8,12 +8,19 @@ use candle_core::{Tensor, Var};
 use crate::adam_ops::{Moment, Update};
 use crate::Result;
 
+/// Adam's settings, with PyTorch's meanings and the original project's values by default.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
+    /// Learning rate. Default 1e-3.
     pub lr: f64,
+    /// Decay of the first moment. Default 0.9.
     pub beta1: f64,
+    /// Decay of the second moment. Default 0.999.
     pub beta2: f64,
+    /// Added to the root of the second moment. Default 1e-8.
     pub eps: f64,
+    /// L2 penalty added to the gradient (PyTorch's `Adam(weight_decay=...)`, not AdamW's
+    /// decoupled decay). Default 1e-4.
     pub weight_decay: f64,
 }
 
@@ -31,13 +38,16 @@ impl Default for AdamConfig {
 
 /// The optimizer: parameters, first and second moments, and the step count.
 pub struct Adam {
+    /// The settings; the learning rate changes with the schedule ([`Adam::set_lr`]).
     pub config: AdamConfig,
     /// `(name, parameter, m, v)` for every parameter.
     pub state: Vec<(String, Var, Tensor, Tensor)>,
+    /// Updates made so far (for the bias corrections).
     pub step: u64,
 }
 
 impl Adam {
+    /// An optimizer for these parameters, with zero moments.
     pub fn new(vars: &[(String, Var)], config: AdamConfig) -> Result<Self> {
         let state = vars
             .iter()
@@ -50,6 +60,7 @@ impl Adam {
         })
     }
 
+    /// Sets the learning rate of the next updates.
     pub fn set_lr(&mut self, lr: f64) {
         self.config.lr = lr;
     }

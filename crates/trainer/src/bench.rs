@@ -14,12 +14,16 @@ use crate::Result;
 /// Min, median and max of repeated measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// The smallest.
     pub min: f64,
+    /// The middle one (the upper middle of an even count).
     pub median: f64,
+    /// The largest.
     pub max: f64,
 }
 
 impl Stats {
+    /// The statistics of a non-empty list of finite values.
     pub fn of(v: &[f64]) -> Self {
         let mut s = v.to_vec();
         s.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
@@ -31,20 +35,29 @@ impl Stats {
     }
 }
 
+/// The throughput of one network on one device, as `denoise bench` prints and saves it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
+    /// The network (`seed-unet`, `cond-unet`).
     pub arch: String,
+    /// Its number of parameters.
     pub params: usize,
+    /// Images per training step (forward, loss, backward, Adam).
     pub train_batch: usize,
+    /// Images per inference call.
     pub infer_batch: usize,
+    /// Side of the square images.
     pub size: usize,
+    /// Training images per second over the rounds.
     pub train_img_per_s: Stats,
+    /// Inference images per second over the rounds.
     pub infer_img_per_s: Stats,
     /// The network's arithmetic (`f32`, `bf16`, `f16`): for training, mixed precision (f32
     /// weights and optimizer, see `Model::with_compute_dtype`); for inference, the weights
     /// rounded to it (`Model::to_dtype`).
     #[serde(default = "f32_name", alias = "infer_dtype")]
     pub dtype: String,
+    /// The device, as candle names it.
     pub device: String,
     /// Compute threads candle uses.
     pub threads: usize,
@@ -52,6 +65,7 @@ pub struct BenchResult {
     pub forward_flops_per_image: f64,
     /// Achieved GFLOP/s at the median (training counted as 3x forward).
     pub train_gflops: f64,
+    /// Achieved GFLOP/s of inference at the median.
     pub infer_gflops: f64,
     /// Peak resident memory of the process so far, in MB (Linux only; 0 elsewhere).
     pub peak_rss_mb: f64,

@@ -18,11 +18,14 @@ pub struct TrainConfig {
     pub arch: String,
     /// Width of the network's first level (64 for both by default).
     pub width: Option<usize>,
-    /// `cond-unet` only: width multiples per level, residual blocks per level, self-attention
-    /// at the lowest resolution, dropout.
+    /// `cond-unet` only: the width of each level as a multiple of `width`.
     pub mults: Option<Vec<usize>>,
+    /// `cond-unet` only: residual blocks per level.
     pub blocks: Option<usize>,
+    /// `cond-unet` only: self-attention at the lowest resolution.
     pub attention: Option<bool>,
+    /// `cond-unet` only: dropout probability in the residual blocks (default 0.1; seed-unet
+    /// keeps the original's 0.2 in the middle and 0.1 in the decoder).
     pub dropout: Option<f64>,
     /// `l1-ssim` (the original's L1 + SSIM on the denoised image) or `edm` (EDM's
     /// sigma-weighted MSE); default `edm` for cond-unet, `l1-ssim` for seed-unet.
@@ -31,23 +34,34 @@ pub struct TrainConfig {
     /// the `[-1, 1]` scale, twice the pixel-scale sigma) rather than uniformly from
     /// `[sigma_min, sigma_max]`; default 1 for cond-unet, 0 for seed-unet.
     pub lognormal_fraction: Option<f64>,
+    /// Mean of `ln(s)` in the log-normal (-1.2).
     pub p_mean: f64,
+    /// Standard deviation of `ln(s)` in the log-normal (1.2).
     pub p_std: f64,
     /// Half-life, in images, of the exponential moving average of the weights that is saved
     /// and used for validation, evaluation and sampling (0: none); default 500,000 for
     /// cond-unet, none for seed-unet. While fewer than `half_life / ema_rampup` images have
     /// been seen it is `ema_rampup` times the images seen.
     pub ema_halflife: Option<f64>,
+    /// See `ema_halflife` (0.05: the half-life is at most 5 % of the images seen so far).
     pub ema_rampup: f64,
+    /// Passes over the training images at most (30).
     pub epochs: usize,
+    /// Images per step (64).
     pub batch: usize,
+    /// Adam's learning rate before StepLR's decay (1e-3).
     pub lr: f64,
+    /// Adam's L2 weight decay (1e-4).
     pub weight_decay: f64,
+    /// Adam's first-moment decay (0.9).
     pub beta1: f64,
+    /// Adam's second-moment decay (0.999).
     pub beta2: f64,
+    /// Adam's epsilon (1e-8).
     pub eps: f64,
     /// StepLR period in epochs and factor.
     pub lr_step: usize,
+    /// See `lr_step`.
     pub lr_gamma: f64,
     /// Early-stopping patience in validations (0: never stop early).
     pub patience: usize,
@@ -55,8 +69,11 @@ pub struct TrainConfig {
     pub ssim_weight: f64,
     /// Noise levels drawn uniformly from `[sigma_min, sigma_max]`, in 0..255 pixel units.
     pub sigma_min: f64,
+    /// See `sigma_min`.
     pub sigma_max: f64,
+    /// Random horizontal flips of the training images.
     pub flip: bool,
+    /// Seeds the weights, the batches, the noise and dropout: a run is reproducible.
     pub seed: u64,
     /// Stop after this many optimizer steps in total (validation and checkpoints still happen).
     pub max_steps: Option<u64>,
@@ -177,6 +194,7 @@ impl TrainConfig {
         }
     }
 
+    /// The share of noise levels drawn from the log-normal, with the architecture's default.
     pub fn lognormal_share(&self) -> f64 {
         self.lognormal_fraction
             .unwrap_or(if self.conditioned() { 1.0 } else { 0.0 })

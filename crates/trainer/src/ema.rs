@@ -6,6 +6,7 @@ use crate::Result;
 
 /// A second network whose weights trail the trained ones.
 pub struct Ema {
+    /// The averaged network (same architecture as the trained one).
     pub model: Model,
     /// Half-life in images.
     pub half_life: f64,

@@ -18,10 +18,15 @@ use crate::{Result, TrainError};
 pub struct EvalResult {
     /// Noise standard deviation in 0..255 pixel units.
     pub sigma: f64,
+    /// Images scored.
     pub images: usize,
+    /// Mean PSNR of the noisy images, in dB.
     pub noisy_psnr: f64,
+    /// Mean SSIM of the noisy images.
     pub noisy_ssim: f64,
+    /// Mean PSNR of the denoised images, in dB.
     pub psnr: f64,
+    /// Mean SSIM of the denoised images.
     pub ssim: f64,
     /// Set when the model was given each image's noise level estimated from the noisy image
     /// rather than the true one: the mean estimate (0..255 units).

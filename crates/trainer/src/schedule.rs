@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 /// PyTorch's `StepLR`: the rate is multiplied by `gamma` every `step_size` epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepLr {
+    /// The rate of the first `step_size` epochs.
     pub base_lr: f64,
+    /// Epochs between decays (0: a constant rate).
     pub step_size: usize,
+    /// Factor of each decay.
     pub gamma: f64,
 }
 
@@ -22,12 +25,16 @@ impl StepLr {
 /// Stops after `patience` validations in a row without a better loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
+    /// Validations without improvement that stop the run (0: never).
     pub patience: usize,
+    /// The best validation loss so far.
     pub best: Option<f64>,
+    /// Validations in a row since the best (named after the original's per-epoch count).
     pub bad_epochs: usize,
 }
 
 impl EarlyStopping {
+    /// No validation seen yet.
     pub fn new(patience: usize) -> Self {
         Self {
             patience,
@@ -48,6 +55,7 @@ impl EarlyStopping {
         }
     }
 
+    /// Whether the run should stop now.
     pub fn should_stop(&self) -> bool {
         self.patience > 0 && self.bad_epochs >= self.patience
     }

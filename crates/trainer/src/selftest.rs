@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Adam, AdamConfig, Result};
 
+/// One comparison of a device's result with the CPU's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
+    /// What was compared (`forward`, `loss`, `grad <parameter>`, ...).
     pub name: String,
     /// max |a - b| / max |b|
     pub rel_err: f64,
+    /// Whether the error is within the tolerance.
     pub passed: bool,
 }
 

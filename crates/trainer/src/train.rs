@@ -19,24 +19,37 @@ use crate::schedule::{EarlyStopping, StepLr};
 use crate::LossKind;
 use crate::{io_err, Result, TrainConfig, TrainError};
 
+/// The checkpoint of the best validation loss, in the output folder.
 pub const BEST: &str = "best.safetensors";
+/// The checkpoint of the latest step, with the optimizer and training state a resume needs.
 pub const LAST: &str = "last.safetensors";
+/// One JSON [`Record`] per validation.
 pub const METRICS: &str = "metrics.jsonl";
+/// The training loss of every logged step.
 pub const STEPS: &str = "steps.csv";
+/// The loss plot.
 pub const PLOT: &str = "loss.png";
 
 /// One validation, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The epoch (from 0).
     pub epoch: usize,
+    /// Optimizer steps done.
     pub step: u64,
     /// Mean training loss since the previous validation.
     pub train_loss: f64,
+    /// Mean validation loss (of the averaged weights where there are some).
     pub val_loss: f64,
+    /// Mean validation PSNR, in dB.
     pub val_psnr: f64,
+    /// The learning rate in use.
     pub lr: f64,
+    /// Training time so far, over all runs, in seconds.
     pub elapsed_secs: f64,
+    /// Training images per second since the previous validation.
     pub images_per_s: f64,
+    /// Whether this validation saved `best.safetensors`.
     pub best: bool,
 }
 
@@ -44,33 +57,46 @@ pub struct Record {
 /// draw from `(seed, epoch, batch index)` and dropout from `(seed, step)`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainState {
+    /// The recipe of the latest run.
     pub config: TrainConfig,
     /// The epoch in progress (from 0) and the index of its next batch.
     pub epoch: usize,
+    /// See `epoch`.
     pub index: usize,
+    /// Optimizer steps over all runs.
     pub global_step: u64,
+    /// Training images seen over all runs.
     pub images_seen: u64,
+    /// Early stopping's state.
     pub early: EarlyStopping,
+    /// The step of `best.safetensors`.
     pub best_step: Option<u64>,
     /// Training time over all runs, in seconds.
     pub elapsed_secs: f64,
     /// True once the epochs are done or early stopping fired.
     pub finished: bool,
+    /// Every validation so far.
     pub history: Vec<Record>,
 }
 
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The state at the end, as saved in `last.safetensors`.
     pub state: TrainState,
+    /// Where the files are.
     pub out_dir: PathBuf,
+    /// Why the run stopped: `30 epochs done`, `early stopping (...)`, `--max-steps N`,
+    /// `time budget`, `interrupted` or `already finished`.
     pub stopped_by: String,
 }
 
 /// How a run is driven (not part of the recipe).
 #[derive(Clone)]
 pub struct TrainOptions {
+    /// Continue from `last.safetensors` in the output folder, when there is one.
     pub resume: bool,
+    /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Set from outside (Ctrl-C) to stop after the current step, saving everything.
     pub stop: Arc<AtomicBool>,
@@ -121,12 +147,16 @@ fn to_tensors(b: &denoise_data::Batch, device: &Device) -> Result<(Tensor, Tenso
 
 /// The training loss of a batch.
 pub struct Objective {
+    /// Which loss.
     pub kind: LossKind,
+    /// The L1 + SSIM mix (for [`LossKind::L1Ssim`]).
     pub mix: MixLoss,
+    /// The data's standard deviation in EDM's weighting (for [`LossKind::Edm`]).
     pub sigma_data: f64,
 }
 
 impl Objective {
+    /// The loss a recipe asks for, for this model.
     pub fn new(config: &TrainConfig, model: &Model) -> Self {
         let sigma_data = match model.config() {
             denoise_model::ModelConfig::CondUnet(c) => c.sigma_data,
