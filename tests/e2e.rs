@@ -188,6 +188,34 @@ fn cifar_binary_train_resume_eval() {
     }
     let records = jsonl(&b.join("metrics.jsonl"));
     assert_eq!(records.len(), 2);
+
+    // `info` reads a checkpoint back: what it is, how far it trained, whether it resumes.
+    let last = b.join("last.safetensors");
+    let text = ok(&["info", last.to_str().unwrap()]);
+    assert!(text.contains("network     cond-unet"), "{text}");
+    assert!(text.contains("6 steps, 24 images"), "{text}");
+    assert!(
+        text.contains("resume      yes: Adam's state after step 6"),
+        "{text}"
+    );
+    assert!(text.contains("2 validations"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", last.to_str().unwrap()])).unwrap();
+    assert_eq!(v["resumable"], true);
+    assert_eq!(v["train"]["global_step"], 6);
+    assert_eq!(
+        v["tensors"]["adam.m"]["tensors"],
+        v["tensors"]["model"]["tensors"]
+    );
+    assert!(v["parameters"].as_u64().unwrap() > 10_000);
+    let best = ok(&[
+        "info",
+        "--json",
+        a.join("best.safetensors").to_str().unwrap(),
+    ]);
+    let best: serde_json::Value = serde_json::from_str(&best).unwrap();
+    assert_eq!(best["resumable"], false);
+    assert_eq!(best["parameters"], v["parameters"]);
     assert!(records
         .iter()
         .all(|r| r["val_loss"].as_f64().unwrap().is_finite()));
@@ -529,6 +557,14 @@ fn bad_inputs_are_clear_errors() {
         !tmp.path().join("x.png").exists(),
         "no output after a failure"
     );
+    for (file, says) in [
+        ("junk.safetensors", "not a safetensors file"),
+        ("cut.safetensors", "cut.safetensors"),
+        ("none.safetensors", "No such file"),
+    ] {
+        let err = fails(&["info", &t(file)]);
+        assert!(err.contains(file) && err.contains(says), "{err}");
+    }
 
     // Not an image, and an output name with no image extension.
     std::fs::write(t("text.png"), b"hello").unwrap();
@@ -868,6 +904,10 @@ fn shipped_model_works_without_training() {
     assert!(train["elapsed_secs"].as_f64().unwrap() > 0.0);
     let eval: serde_json::Value = serde_json::from_str(&meta["denoise.eval"]).unwrap();
     assert!(!eval["results"].as_array().unwrap().is_empty());
+    let text = ok(&["info", path.to_str().unwrap()]);
+    assert!(text.contains("network     cond-unet"), "{text}");
+    assert!(text.contains("resume      no: a model-only file"), "{text}");
+    assert!(text.contains("| 25 | true sigma |"), "{text}");
 
     let tmp = tempfile::tempdir().unwrap();
     // A smooth 64x48 picture with sigma-25 noise: the model, told nothing, must clean it.

@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's tasks, as Rust (see `.cargo/config.toml`).
 //!
-//! - `cargo xtask train|eval|generate [ARGS]`: builds the `denoise` binary in release mode and
+//! - `cargo xtask train|eval|generate|export|info|selftest [ARGS]`: builds the `denoise` binary in release mode and
 //!   runs the subcommand with ARGS (`--help` for each).
 //! - `cargo xtask ci`: what CI runs: format check, clippy, tests.
 //! - `cargo xtask bench`: throughput, optionally side by side with PyTorch (see `bench.rs`).
@@ -93,7 +93,8 @@ fn ci() -> Result<()> {
     run(test)
 }
 
-const USAGE: &str = "usage: cargo xtask <train|eval|generate> [ARGS]   (release build of `denoise`, then the subcommand)
+const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftest> [ARGS]
+                                                    (release build of `denoise`, then the subcommand)
        cargo xtask ci                               (fmt --check, clippy -D warnings, tests)
        cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--json FILE]
                                                     (training and inference images/s, against PyTorch)
@@ -105,7 +106,9 @@ const USAGE: &str = "usage: cargo xtask <train|eval|generate> [ARGS]   (release 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some(sub @ ("train" | "eval" | "generate")) => denoise(sub, &args[1..]),
+        Some(sub @ ("train" | "eval" | "generate" | "export" | "info" | "selftest")) => {
+            denoise(sub, &args[1..])
+        }
         Some("ci") => ci().map(|_| ExitCode::SUCCESS),
         Some("bench") => build_denoise()
             .and_then(|bin| bench::bench(&root(), &bin, &args[1..]))

@@ -18,6 +18,7 @@ use denoise_model::Model;
 use denoise_trainer::{eval, TrainConfig, TrainOptions};
 
 mod images;
+mod info;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,18 @@ enum Command {
     Bench(BenchArgs),
     /// Compare a device's forward, loss and gradients with the CPU's on a small network.
     Selftest(SelftestArgs),
+    /// What a checkpoint holds: network, tensors, training progress and recipe, whether it can
+    /// be resumed, and its stored eval table.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// A checkpoint written by `train` (best.safetensors, last.safetensors) or `export`.
+    checkpoint: PathBuf,
+    /// Print everything as JSON instead (the training state and eval table in full).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -989,6 +1002,14 @@ fn cmd_selftest(a: SelftestArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`denoise info X | head`) ends the process
+    // quietly, as for other command-line tools, instead of a panic in `println!`. Every file is
+    // written atomically, so nothing is left half-written.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);
     if matches!(cli.command, Command::Train(_) | Command::Bench(_)) {
@@ -1009,6 +1030,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd_export(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Selftest(a) => cmd_selftest(a),
+        Command::Info(a) => info::info(&a.checkpoint, a.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
