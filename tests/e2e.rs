@@ -186,8 +186,57 @@ fn cifar_binary_train_resume_eval() {
     for f in ["best.safetensors", "metrics.jsonl", "steps.csv", "loss.png"] {
         assert!(a.join(f).exists(), "{f} missing");
     }
+
+    // A folder that holds a run is not started over by mistake: without --resume or
+    // --overwrite it is refused, before the data is read, and its checkpoints stay as they were.
+    let before = std::fs::read(a.join("last.safetensors")).unwrap();
+    let mut args = vec!["train", "--out", a.to_str().unwrap(), "--max-steps", "2"];
+    args.extend(common);
+    let err = fails(&args);
+    assert!(
+        err.contains("holds a run (last.safetensors (6 steps))") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("45000 train"),
+        "refused after reading the data:\n{err}"
+    );
+    assert_eq!(std::fs::read(a.join("last.safetensors")).unwrap(), before);
+    let mut both = args.clone();
+    both.extend(["--resume", "--overwrite"]);
+    let err = fails(&both);
+    assert!(
+        err.contains("--overwrite") && err.contains("--resume"),
+        "{err}"
+    );
+    // Two runs in one folder at once: the second is refused while the first holds the lock.
+    let lock = std::fs::File::open(a.join(".train.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let err = fails(&resume);
+    assert!(
+        err.contains("another training run is using this folder"),
+        "{err}"
+    );
+    drop(lock);
+    assert_eq!(std::fs::read(a.join("last.safetensors")).unwrap(), before);
     let records = jsonl(&b.join("metrics.jsonl"));
     assert_eq!(records.len(), 2);
+    // --overwrite starts the folder over: a new run of its own steps.
+    let mut args = vec![
+        "train",
+        "--out",
+        a.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--overwrite",
+    ];
+    args.extend(common);
+    let text = ok(&args);
+    assert!(text.contains("starting over"), "{text}");
+    assert_eq!(metadata(&a.join("last.safetensors"))["global_step"], 2);
+    assert_eq!(jsonl(&a.join("metrics.jsonl")).len(), 1);
 
     // `info` reads a checkpoint back: what it is, how far it trained, whether it resumes.
     let last = b.join("last.safetensors");

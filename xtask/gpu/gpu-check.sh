@@ -188,7 +188,7 @@ tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
 run torch-bench-tf32 45 python3 unet_bench.py --device "$DEVICE" $B --tf32
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
 summarize > /dev/null
-run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --overwrite --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-seed-unet 45 $BIN eval --model "$WORK/seed-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-seed-unet.json"
 summarize > /dev/null
 run selftest-tf32 30 ./denoise selftest --device "$DEVICE" --tf32 --tol 2e-2 --json "$OUT/selftest-tf32.json"
@@ -199,7 +199,7 @@ summarize > /dev/null
 run bench-cond-unet 60 $BIN bench --arch cond-unet --device "$DEVICE" $B --json "$OUT/bench-cond-unet.json"
 run torch-bench-cond-unet 60 python3 unet_bench.py --arch cond-unet --device "$DEVICE" $B
 tail -n 1 "$OUT/torch-bench-cond-unet.log" > "$OUT/torch-bench-cond-unet.json"
-run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run train-cond-unet 120 $BIN train --arch cond-unet --data data --out "$WORK/cond-unet" --overwrite --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-cond-unet 60 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --estimate-sigma --device "$DEVICE" --json "$OUT/eval-cond-unet.json"
 run sample-cond-unet 45 $BIN generate --random --model "$WORK/cond-unet/last.safetensors" --count 64 --seed 0 --out "$OUT/samples.png" --device "$DEVICE"
 summarize > /dev/null
@@ -210,7 +210,7 @@ run torch-bench-bf16 45 python3 unet_bench.py --device "$DEVICE" $B --dtype bf16
 tail -n 1 "$OUT/torch-bench-bf16.log" > "$OUT/torch-bench-bf16.json"
 run eval-cond-unet-bf16 45 $BIN eval --model "$WORK/cond-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --dtype bf16 --device "$DEVICE" --json "$OUT/eval-cond-unet-bf16.json"
 summarize > /dev/null
-run train-cond-unet-bf16 120 $BIN train --arch cond-unet --dtype bf16 --data data --out "$WORK/cond-unet-bf16" --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
+run train-cond-unet-bf16 120 $BIN train --arch cond-unet --dtype bf16 --data data --out "$WORK/cond-unet-bf16" --overwrite --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-cond-unet-trained-bf16 45 $BIN eval --model "$WORK/cond-unet-bf16/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-cond-unet-trained-bf16.json"
 
 log "summary"

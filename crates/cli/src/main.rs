@@ -176,6 +176,10 @@ struct TrainArgs {
     /// Continue the run in --out from its last.safetensors.
     #[arg(long)]
     resume: bool,
+    /// Start a new run in an --out that holds one, replacing its checkpoints (without it, or
+    /// --resume, such a folder is refused).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
     /// Network architecture: cond-unet (noise-level conditioned, the default) or seed-unet
@@ -529,6 +533,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         );
     }
     let device = pick_device(a.device)?;
+    let mut opts = TrainOptions {
+        resume: a.resume,
+        overwrite: a.overwrite,
+        progress: is_tty(),
+        ..Default::default()
+    };
+    // Refused before the data is read, not after.
+    denoise_trainer::check_out_dir(&a.out, &opts)?;
     let data = load_data(&a.data, is_tty())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -542,11 +554,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             );
         });
     }
-    let opts = TrainOptions {
-        resume: a.resume,
-        progress: is_tty(),
-        stop,
-    };
+    opts.stop = stop;
     let s = denoise_trainer::train(&config, &data, &a.out, &device, &opts)?;
     let st = &s.state;
     let best = st.early.best.map_or("-".into(), |b| format!("{b:.4}"));

@@ -59,7 +59,7 @@ pub mod train;
 pub use adam::{Adam, AdamConfig};
 pub use config::{LossKind, TrainConfig};
 pub use eval::{evaluate, EvalResult};
-pub use train::{read_state, train, TrainOptions, TrainState, TrainSummary};
+pub use train::{check_out_dir, read_state, train, TrainOptions, TrainState, TrainSummary};
 
 /// What can go wrong while training or evaluating.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,22 @@ pub enum TrainError {
         path: String,
         /// Why not.
         reason: String,
+    },
+    /// The output folder holds an earlier run, and neither resuming nor starting over was asked.
+    #[error("{path} holds a run ({what}): pass --resume to continue it, or --overwrite to start over and replace it")]
+    RunExists {
+        /// The output folder.
+        path: String,
+        /// What it holds.
+        what: String,
+    },
+    /// Another process is training into the same output folder.
+    #[error(
+        "{path}: another training run is using this folder (its lock file `.train.lock` is held)"
+    )]
+    Busy {
+        /// The output folder.
+        path: String,
     },
     /// The training loss became NaN or infinite (the checkpoints on disk are kept as they were).
     #[error("training diverged at step {step}: the loss is {loss}")]

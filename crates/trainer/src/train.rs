@@ -96,6 +96,9 @@ pub struct TrainSummary {
 pub struct TrainOptions {
     /// Continue from `last.safetensors` in the output folder, when there is one.
     pub resume: bool,
+    /// Start a new run in an output folder that holds one, replacing its checkpoints. Without
+    /// it (or `resume`), such a folder is refused.
+    pub overwrite: bool,
     /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Set from outside (Ctrl-C) to stop after the current step, saving everything.
@@ -106,6 +109,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             resume: false,
+            overwrite: false,
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -256,6 +260,53 @@ fn append(path: &Path, line: &str) -> Result<()> {
     writeln!(f, "{line}").map_err(io_err(path))
 }
 
+/// The lock file that keeps two runs out of one folder.
+const LOCK: &str = ".train.lock";
+
+/// Refuses an output folder that a new run would wrongly overwrite: one that holds checkpoints
+/// of an earlier run, unless `opts` asks to resume it or to start over. Call it before a long
+/// data load; [`train`] calls it too.
+pub fn check_out_dir(out_dir: &Path, opts: &TrainOptions) -> Result<()> {
+    if opts.resume || opts.overwrite {
+        return Ok(());
+    }
+    let last = out_dir.join(LAST);
+    let best = out_dir.join(BEST);
+    if !last.exists() && !best.exists() {
+        return Ok(());
+    }
+    let steps = read_state(out_dir)
+        .ok()
+        .flatten()
+        .map_or(String::new(), |s| format!(" ({} steps)", s.global_step));
+    Err(TrainError::RunExists {
+        path: out_dir.display().to_string(),
+        what: if last.exists() {
+            format!("{LAST}{steps}")
+        } else {
+            BEST.to_string()
+        },
+    })
+}
+
+/// Takes the folder's lock for this process's lifetime (released when the file closes).
+fn lock_out_dir(out_dir: &Path) -> Result<std::fs::File> {
+    let path = out_dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Busy {
+            path: out_dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
 /// Trains a model on `data` into `out_dir` (see the crate docs for the files written).
 pub fn train(
     config: &TrainConfig,
@@ -265,7 +316,9 @@ pub fn train(
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
     config.validate()?;
+    check_out_dir(out_dir, opts)?;
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let _lock = lock_out_dir(out_dir)?;
     let model_config = config.model_config().expect("validated");
     let adam_config = AdamConfig {
         lr: config.lr,
@@ -329,10 +382,10 @@ pub fn train(
                 "--resume: no {} yet, starting a new run",
                 last_path.display()
             );
-        } else if last_path.exists() {
+        } else if last_path.exists() || best_path.exists() {
             tracing::warn!(
-                "{} exists: starting over (pass --resume to continue it)",
-                last_path.display()
+                "{}: starting over (--overwrite), replacing its checkpoints",
+                out_dir.display()
             );
         }
         for f in [METRICS, STEPS] {
