@@ -221,6 +221,17 @@ fn cifar_binary_train_resume_eval() {
     );
     drop(lock);
     assert_eq!(std::fs::read(a.join("last.safetensors")).unwrap(), before);
+    // Nor does --resume start over a folder whose last.safetensors is gone but whose best is not.
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::copy(a.join("best.safetensors"), c.join("best.safetensors")).unwrap();
+    let mut resume = vec!["train", "--out", c.to_str().unwrap(), "--resume"];
+    resume.extend(common);
+    let err = fails(&resume);
+    assert!(
+        err.contains("nothing to resume") && err.contains("--overwrite"),
+        "{err}"
+    );
     let records = jsonl(&b.join("metrics.jsonl"));
     assert_eq!(records.len(), 2);
     // --overwrite starts the folder over: a new run of its own steps.

@@ -267,13 +267,23 @@ const LOCK: &str = ".train.lock";
 /// of an earlier run, unless `opts` asks to resume it or to start over. Call it before a long
 /// data load; [`train`] calls it too.
 pub fn check_out_dir(out_dir: &Path, opts: &TrainOptions) -> Result<()> {
-    if opts.resume || opts.overwrite {
-        return Ok(());
-    }
     let last = out_dir.join(LAST);
     let best = out_dir.join(BEST);
-    if !last.exists() && !best.exists() {
+    if opts.overwrite || (!last.exists() && !best.exists()) {
         return Ok(());
+    }
+    if opts.resume {
+        if last.exists() {
+            return Ok(());
+        }
+        // Resuming would start a new run, whose first validation replaces this best model.
+        return Err(TrainError::Resume {
+            path: last.display().to_string(),
+            reason: format!(
+                "missing, so there is nothing to resume, and a new run would replace {BEST} \
+                 (--overwrite to start over anyway)"
+            ),
+        });
     }
     let steps = read_state(out_dir)
         .ok()
