@@ -537,6 +537,66 @@ fn bad_inputs_are_clear_errors() {
         "--batch",
         "2",
     ]);
+    // Or --patch: both images cut into 16x16 patches (4 + 4), so any sizes train together.
+    let text = ok(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("p"),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "1",
+        "--patch",
+        "16",
+        "--width",
+        "4",
+        "--batch",
+        "2",
+    ]);
+    assert!(
+        text.contains("4 train, 4 validation, 8 test patches"),
+        "{text}"
+    );
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("p2"),
+        "--device",
+        "cpu",
+        "--patch",
+        "34",
+    ]);
+    assert!(
+        err.contains("a.png") && err.contains("smaller than the 34x34 patches"),
+        "{err}"
+    );
+    let err = fails(&[
+        "train",
+        "--data",
+        &t("mixed"),
+        "--out",
+        &t("p2"),
+        "--device",
+        "cpu",
+        "--patch",
+        "18",
+    ]);
+    assert!(
+        err.contains("18x18") && err.contains("multiples of 4"),
+        "{err}"
+    );
+    let (mixed, p2) = (t("mixed"), t("p2"));
+    for bad in [&["--patch", "0"][..], &["--patch", "16", "--crop"][..]] {
+        let mut args = vec!["train", "--data", &mixed, "--out", &p2];
+        args.extend(bad);
+        let err = fails(&args);
+        assert!(err.contains("--patch"), "{err}");
+    }
+    assert!(!tmp.path().join("p2/last.safetensors").exists());
 
     // Bad flags and config files.
     let err = fails(&[

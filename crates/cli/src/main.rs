@@ -161,6 +161,10 @@ struct DataArgs {
     /// Center-crop images larger than the dataset's image size instead of refusing them.
     #[arg(long)]
     crop: bool,
+    /// Cut every image (of any size, at least N x N) into N x N patches on a grid and use
+    /// those: to train and evaluate on photos of different sizes.
+    #[arg(long, value_name = "N", conflicts_with = "crop", value_parser = clap::value_parser!(u32).range(1..))]
+    patch: Option<u32>,
 }
 
 #[derive(Args)]
@@ -434,6 +438,7 @@ fn data_options(args: &DataArgs) -> LoadOptions {
     LoadOptions {
         crop: args.crop,
         size: None,
+        patch: args.patch.map(|p| p as usize),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{io_err, DataError, ImageSet, LoadOptions, Result, Splits};
+use crate::{grid_patches, io_err, DataError, ImageSet, LoadOptions, Result, Splits};
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -168,6 +168,75 @@ pub fn read_set(
     })
 }
 
+/// Reads `files` (with their labels), each cut into `p x p` patches ([`grid_patches`]), on
+/// all cores. The images may have any sizes of at least `p x p`.
+pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<ImageSet> {
+    if p == 0 {
+        return Err(DataError::Invalid(
+            "patch size 0: expected at least 1".into(),
+        ));
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let chunk = files.len().div_ceil(threads).max(1);
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|files| {
+                s.spawn(move || -> Result<(Vec<u8>, Vec<u16>)> {
+                    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+                    for (path, label) in files {
+                        let (img, h, w) = read_rgb(path, None, false)?;
+                        if h < p || w < p {
+                            return Err(DataError::SmallerThanPatch {
+                                path: path.clone(),
+                                found_w: w as u32,
+                                found_h: h as u32,
+                                patch: p,
+                            });
+                        }
+                        pixels.extend(grid_patches(&img, (3, h, w), p));
+                        labels.extend(std::iter::repeat_n(*label, (h / p) * (w / p)));
+                    }
+                    Ok((pixels, labels))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("image reader thread panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for (px, l) in parts {
+        pixels.extend(px);
+        labels.extend(l);
+    }
+    Ok(ImageSet {
+        n: labels.len(),
+        pixels,
+        labels,
+        c: 3,
+        h: p,
+        w: p,
+        classes,
+    })
+}
+
+/// Reads `files` as [`LoadOptions`] asks: whole images of one size, or patches.
+fn read_as(
+    files: &[(PathBuf, u16)],
+    size: (usize, usize),
+    opts: &LoadOptions,
+    classes: Vec<String>,
+) -> Result<ImageSet> {
+    match opts.patch {
+        Some(p) => read_patches(files, p, classes),
+        None => read_set(files, size, opts.crop, classes),
+    }
+}
+
 fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
     classes
         .iter()
@@ -210,7 +279,7 @@ pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
         &test_dir,
     )?;
     let names = test_classes.iter().map(|c| c.0.clone()).collect();
-    read_set(&labeled(&test_classes), size, opts.crop, names)
+    read_as(&labeled(&test_classes), size, opts, names)
 }
 
 /// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
@@ -237,25 +306,33 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
         train_files.extend(files[..split].iter().map(|f| (f.clone(), i as u16)));
         val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));
     }
-    let train = read_set(&train_files, size, opts.crop, names.clone())?;
-    let val = read_set(&val_files, size, opts.crop, names.clone())?;
+    let train = read_as(&train_files, size, opts, names.clone())?;
+    let val = read_as(&val_files, size, opts, names.clone())?;
     let test = if test_dir == train_dir {
-        read_set(&labeled(&train_classes), size, opts.crop, names)?
+        read_as(&labeled(&train_classes), size, opts, names)?
     } else {
         let test_classes = classes(&test_dir)?;
         // Test labels follow the training class names where they match.
         let tnames: Vec<String> = test_classes.iter().map(|c| c.0.clone()).collect();
-        read_set(&labeled(&test_classes), size, opts.crop, tnames)?
+        read_as(&labeled(&test_classes), size, opts, tnames)?
     };
     Ok(Splits {
         description: format!(
-            "image folder {}: {} train, {} validation, {} test images of {}x{} in {} classes",
+            "image folder {}: {} train, {} validation, {} test {} of {}x{} in {} classes",
             dir.display(),
             train.n,
             val.n,
             test.n,
-            size.1,
-            size.0,
+            match opts.patch {
+                Some(_) => format!(
+                    "patches (from {} + {} images)",
+                    train_files.len(),
+                    val_files.len()
+                ),
+                None => "images".into(),
+            },
+            train.w,
+            train.h,
             train.classes.len()
         ),
         train,

@@ -95,6 +95,20 @@ pub enum DataError {
         /// The dataset's height.
         want_h: u32,
     },
+    /// An image is smaller than the patches it should be cut into.
+    #[error(
+        "{path}: image is {found_w}x{found_h}, smaller than the {patch}x{patch} patches asked for"
+    )]
+    SmallerThanPatch {
+        /// The file.
+        path: PathBuf,
+        /// Its width.
+        found_w: u32,
+        /// Its height.
+        found_h: u32,
+        /// The patch side.
+        patch: usize,
+    },
     /// A folder holds neither the CIFAR-10 binary files nor images.
     #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no PNG or JPEG images found")]
     Empty {
@@ -236,6 +250,74 @@ pub struct LoadOptions {
     pub crop: bool,
     /// The training size `(h, w)`; by default the size of the first image.
     pub size: Option<(usize, usize)>,
+    /// Cut every image, of any size at least this, into `patch x patch` squares on a centred
+    /// grid ([`grid_patches`]), instead of using whole images of one size. For training on
+    /// photos: each becomes many training images. `crop` and `size` are then ignored.
+    pub patch: Option<usize>,
+}
+
+/// The `p x p` patches of a CHW image of `c x h x w` bytes, on a grid centred in the image
+/// (`(h / p) * (w / p)` of them, row by row; the margins left over are dropped), one after the
+/// other, each CHW.
+pub fn grid_patches(img: &[u8], (c, h, w): (usize, usize, usize), p: usize) -> Vec<u8> {
+    let (rows, cols) = (h / p.max(1), w / p.max(1));
+    let (y0, x0) = ((h - rows * p) / 2, (w - cols * p) / 2);
+    let mut out = Vec::with_capacity(rows * cols * c * p * p);
+    for r in 0..rows {
+        for q in 0..cols {
+            for ch in 0..c {
+                for y in 0..p {
+                    let src = ch * h * w + (y0 + r * p + y) * w + x0 + q * p;
+                    out.extend_from_slice(&img[src..src + p]);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl ImageSet {
+    /// Every image cut into `p x p` patches ([`grid_patches`]), each with its image's label.
+    pub fn patches(&self, p: usize) -> Result<ImageSet> {
+        if p == 0 || p > self.h || p > self.w {
+            return Err(DataError::Invalid(format!(
+                "patches of {p}x{p}: expected a side from 1 to the images' {}x{}",
+                self.w, self.h
+            )));
+        }
+        let per = (self.h / p) * (self.w / p);
+        let mut pixels = Vec::with_capacity(self.n * per * self.c * p * p);
+        for i in 0..self.n {
+            pixels.extend(grid_patches(self.image(i), (self.c, self.h, self.w), p));
+        }
+        let labels = self
+            .labels
+            .iter()
+            .flat_map(|&l| std::iter::repeat_n(l, per))
+            .collect();
+        Ok(ImageSet {
+            pixels,
+            labels,
+            n: self.n * per,
+            h: p,
+            w: p,
+            classes: self.classes.clone(),
+            ..*self
+        })
+    }
+}
+
+/// The CIFAR-10 binary splits, cut into patches when asked.
+fn cifar_patches(splits: Splits, opts: &LoadOptions) -> Result<Splits> {
+    let Some(p) = opts.patch else {
+        return Ok(splits);
+    };
+    Ok(Splits {
+        description: format!("{}, cut into {p}x{p} patches", splits.description),
+        train: splits.train.patches(p)?,
+        val: splits.val.patches(p)?,
+        test: splits.test.patches(p)?,
+    })
 }
 
 /// What kind of dataset a folder holds.
@@ -270,7 +352,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Splits> {
         });
     }
     match detect(path) {
-        Some(Source::CifarBinary(dir)) => cifar::load_splits(&dir),
+        Some(Source::CifarBinary(dir)) => cifar_patches(cifar::load_splits(&dir)?, opts),
         Some(Source::Folder(dir)) => folder::load_splits(&dir, opts),
         None => Err(DataError::Empty {
             path: path.to_path_buf(),
@@ -288,7 +370,13 @@ pub fn load_test(path: &Path, opts: &LoadOptions) -> Result<ImageSet> {
         });
     }
     match detect(path) {
-        Some(Source::CifarBinary(dir)) => cifar::read_batch(&dir.join(cifar::TEST_FILE)),
+        Some(Source::CifarBinary(dir)) => {
+            let test = cifar::read_batch(&dir.join(cifar::TEST_FILE))?;
+            match opts.patch {
+                Some(p) => test.patches(p),
+                None => Ok(test),
+            }
+        }
         Some(Source::Folder(dir)) => folder::load_test(&dir, opts),
         None => Err(DataError::Empty {
             path: path.to_path_buf(),

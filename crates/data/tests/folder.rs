@@ -1,4 +1,4 @@
-use denoise_data::{detect, load, load_test, LoadOptions, Source};
+use denoise_data::{detect, load, load_test, DataError, ImageSet, LoadOptions, Source};
 
 fn png(path: &std::path::Path, v: u8, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -46,7 +46,8 @@ fn class_folders_split_by_the_last_tenth_of_each_class() {
         (s.test.pixels.clone(), s.test.labels.clone())
     );
     assert_eq!(s.train.classes, vec!["a_class", "b_class"]); // sorted
-                                                             // Validation: files 018 and 019 of each class; "a_class" holds values 100 + i.
+
+    // Validation: files 018 and 019 of each class; "a_class" holds values 100 + i.
     assert_eq!(s.val.labels, vec![0, 0, 1, 1]);
     assert_eq!(s.val.image(0)[0], 118);
     assert_eq!(s.val.image(3)[0], 19);
@@ -57,4 +58,98 @@ fn class_folders_split_by_the_last_tenth_of_each_class() {
     assert_eq!(sub.image(1)[0], 101);
     // CHW layout: channel 2 of the first pixel is 255 - v.
     assert_eq!(sub.image(0)[2 * 64], 255 - 100);
+}
+
+/// An image whose pixel `(x, y)` is `(x, y, k)`: where a patch came from can be read off it.
+fn coords_png(path: &std::path::Path, k: u8, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, k]))
+        .save(path)
+        .unwrap();
+}
+
+/// Photos of different sizes become patches of one size: a centred grid per image, each
+/// patch with its image's label; validation patches come from other files than training's.
+#[test]
+fn photos_of_any_size_become_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: Vec<(u32, u32)> = (0..10).map(|k| (20 + 3 * k, 17 + 2 * k)).collect();
+    for (k, &(w, h)) in sizes.iter().enumerate() {
+        coords_png(&dir.path().join(format!("p{k}.png")), k as u8, w, h);
+    }
+    let opts = LoadOptions {
+        patch: Some(8),
+        ..Default::default()
+    };
+    let s = load(dir.path(), &opts).unwrap();
+    let count = |(w, h): (u32, u32)| (w as usize / 8) * (h as usize / 8);
+    let train: usize = sizes[..9].iter().map(|&s| count(s)).sum();
+    assert_eq!((s.train.n, s.val.n), (train, count(sizes[9])));
+    assert_eq!(s.test.n, train + count(sizes[9])); // a flat folder is also the test set
+    assert_eq!((s.train.c, s.train.h, s.train.w), (3, 8, 8));
+    assert!(
+        s.description.contains("patches (from 9 + 1 images) of 8x8"),
+        "{}",
+        s.description
+    );
+
+    // p0 is 20x17: a 2x2 grid starting at x = (20 - 16) / 2 = 2, y = (17 - 16) / 2 = 0.
+    let at = |img: &[u8], c: usize, y: usize, x: usize| img[c * 64 + y * 8 + x];
+    let first = s.train.image(0);
+    assert_eq!(
+        (at(first, 0, 0, 0), at(first, 1, 0, 0), at(first, 2, 0, 0)),
+        (2, 0, 0)
+    );
+    assert_eq!((at(first, 0, 7, 7), at(first, 1, 7, 7)), (9, 7));
+    let second = s.train.image(1); // the next patch to the right
+    assert_eq!((at(second, 0, 0, 0), at(second, 1, 0, 0)), (10, 0));
+    let third = s.train.image(2); // the next row
+    assert_eq!((at(third, 0, 0, 0), at(third, 1, 0, 0)), (2, 8));
+    // The validation patches are all from p9.
+    assert!((0..s.val.n).all(|i| at(s.val.image(i), 2, 0, 0) == 9));
+
+    // Evaluation reads the test images the same way.
+    let test = load_test(dir.path(), &opts).unwrap();
+    assert_eq!(test.pixels, s.test.pixels);
+
+    // An image smaller than a patch is named.
+    coords_png(&dir.path().join("small.png"), 0, 5, 30);
+    match load(dir.path(), &opts) {
+        Err(DataError::SmallerThanPatch {
+            path,
+            found_w,
+            found_h,
+            patch,
+        }) => {
+            assert!(path.ends_with("small.png"));
+            assert_eq!((found_w, found_h, patch), (5, 30, 8));
+        }
+        other => panic!(
+            "expected SmallerThanPatch, got {:?}",
+            other.map(|s| s.description)
+        ),
+    }
+}
+
+/// Patches of an image set in memory (how CIFAR-10 binary files are cut): labels follow.
+#[test]
+fn image_sets_cut_into_patches_keep_their_labels() {
+    let (n, c, h, w) = (2, 3, 16, 24);
+    let set = ImageSet {
+        pixels: (0..n * c * h * w).map(|i| (i % 256) as u8).collect(),
+        labels: vec![4, 7],
+        n,
+        c,
+        h,
+        w,
+        classes: Vec::new(),
+    };
+    let p = set.patches(8).unwrap();
+    assert_eq!((p.n, p.h, p.w), (12, 8, 8));
+    assert_eq!(p.labels, [vec![4; 6], vec![7; 6]].concat());
+    // Patch 4 of image 0 is row 1, column 1: it starts at y 8, x 8 of channel 0.
+    assert_eq!(p.image(4)[0], set.image(0)[8 * w + 8]);
+    // Channel 2 of patch 7 (image 1, row 0, column 1).
+    assert_eq!(p.image(7)[2 * 64], set.image(1)[2 * h * w + 8]);
+    assert!(set.patches(17).is_err());
+    assert!(set.patches(0).is_err());
 }

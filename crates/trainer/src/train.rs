@@ -421,6 +421,16 @@ pub fn train(
         };
         (model, ema, adam, state)
     };
+    let m = model.size_multiple();
+    for (name, set) in [("training", &data.train), ("validation", &data.val)] {
+        if set.n > 0 && (set.h % m != 0 || set.w % m != 0) {
+            return Err(TrainError::Config(format!(
+                "the {name} images are {}x{}: {} needs sides that are multiples of {m} \
+                 (patches of a multiple of {m} fit any images)",
+                set.w, set.h, config.arch
+            )));
+        }
+    }
     // The network of the training steps: the same weights, in the configured arithmetic.
     let net = model.with_compute_dtype(config.compute_dtype().unwrap_or(DType::F32));
     if !device.is_cpu() {
