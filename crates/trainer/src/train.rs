@@ -299,7 +299,8 @@ pub fn check_out_dir(out_dir: &Path, opts: &TrainOptions) -> Result<()> {
     })
 }
 
-/// Takes the folder's lock for this process's lifetime (released when the file closes).
+/// Takes the folder's lock for this process's lifetime (released when the file closes). Where
+/// the file system cannot lock files, the run goes on without it, with a warning.
 fn lock_out_dir(out_dir: &Path) -> Result<std::fs::File> {
     let path = out_dir.join(LOCK);
     let file = std::fs::OpenOptions::new()
@@ -309,12 +310,18 @@ fn lock_out_dir(out_dir: &Path) -> Result<std::fs::File> {
         .open(&path)
         .map_err(io_err(&path))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Busy {
-            path: out_dir.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(TrainError::Busy {
+                path: out_dir.display().to_string(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => tracing::warn!(
+            "{}: cannot lock ({e}); nothing keeps a second run out of this folder",
+            path.display()
+        ),
     }
+    Ok(file)
 }
 
 /// Trains a model on `data` into `out_dir` (see the crate docs for the files written).
