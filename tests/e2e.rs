@@ -559,42 +559,24 @@ fn bad_inputs_are_clear_errors() {
         text.contains("4 train, 4 validation, 8 test patches"),
         "{text}"
     );
-    let err = fails(&[
-        "train",
-        "--data",
-        &t("mixed"),
-        "--out",
-        &t("p2"),
-        "--device",
-        "cpu",
-        "--patch",
-        "34",
-    ]);
-    assert!(
-        err.contains("a.png") && err.contains("smaller than the 34x34 patches"),
-        "{err}"
-    );
-    let err = fails(&[
-        "train",
-        "--data",
-        &t("mixed"),
-        "--out",
-        &t("p2"),
-        "--device",
-        "cpu",
-        "--patch",
-        "18",
-    ]);
-    assert!(
-        err.contains("18x18") && err.contains("multiples of 4"),
-        "{err}"
-    );
+    // Patches larger than an image, or of a size the network cannot take; bad flags.
     let (mixed, p2) = (t("mixed"), t("p2"));
-    for bad in [&["--patch", "0"][..], &["--patch", "16", "--crop"][..]] {
-        let mut args = vec!["train", "--data", &mixed, "--out", &p2];
-        args.extend(bad);
+    for (flags, says) in [
+        (
+            &["--patch", "34"][..],
+            "a.png: image is 32x32, smaller than the 34x34 patches",
+        ),
+        (
+            &["--patch", "18"][..],
+            "18x18: cond-unet needs sides that are multiples of 4",
+        ),
+        (&["--patch", "0"][..], "--patch"),
+        (&["--patch", "16", "--crop"][..], "--patch"),
+    ] {
+        let mut args = vec!["train", "--data", &mixed, "--out", &p2, "--device", "cpu"];
+        args.extend(flags);
         let err = fails(&args);
-        assert!(err.contains("--patch"), "{err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
     }
     assert!(!tmp.path().join("p2/last.safetensors").exists());
 
