@@ -856,6 +856,21 @@ fn generate_denoises_any_image_and_samples_new_ones() {
         (o.color(), o.width(), o.height()),
         (image::ColorType::L8, w, h)
     );
+    // JPEG outputs at quality 95 unless told: not the encoder's default 75.
+    gen(&t("gray.jpg"), &t("outg75.jpg"), &["--jpeg-quality", "75"]);
+    let size = |f: &str| std::fs::metadata(t(f)).unwrap().len();
+    assert!(
+        size("outg.jpg") > size("outg75.jpg"),
+        "{} {}",
+        size("outg.jpg"),
+        size("outg75.jpg")
+    );
+    let (input, out) = (t("gray.jpg"), t("outg0.jpg"));
+    let args = [
+        "generate", "--model", &model, "--image", &input, "--out", &out,
+    ];
+    let err = fails(&[&args[..], &["--jpeg-quality", "0"]].concat());
+    assert!(err.contains("--jpeg-quality"), "{err}");
 
     // Tiles: the same image forced through 256x256 tiles on a larger canvas.
     image::RgbImage::from_fn(300, 270, |x, y| {

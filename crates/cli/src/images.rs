@@ -105,8 +105,14 @@ pub fn check_writable(like: &Picture, format: ImageFormat) -> Result<()> {
     Ok(())
 }
 
-/// Encodes `rgb` (`(3, h, w)` on `[0, 1]`) with the layout of `like` into `format`.
-pub fn encode(rgb: &[f32], like: &Picture, format: ImageFormat) -> Result<Vec<u8>> {
+/// Encodes `rgb` (`(3, h, w)` on `[0, 1]`) with the layout of `like` into `format` (JPEG at
+/// `jpeg_quality`, 1 to 100).
+pub fn encode(
+    rgb: &[f32],
+    like: &Picture,
+    format: ImageFormat,
+    jpeg_quality: u8,
+) -> Result<Vec<u8>> {
     let (w, h, n) = (like.w as u32, like.h as u32, like.w * like.h);
     let max = if like.sixteen { 65535.0 } else { 255.0 };
     let q = |v: f32| (v.clamp(0.0, 1.0) * max).round() as u16;
@@ -153,7 +159,12 @@ pub fn encode(rgb: &[f32], like: &Picture, format: ImageFormat) -> Result<Vec<u8
         })),
     };
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+    if format == ImageFormat::Jpeg {
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality);
+        img.write_with_encoder(encoder)?;
+    } else {
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+    }
     Ok(bytes)
 }
 

@@ -345,6 +345,10 @@ struct GenerateArgs {
     /// Images with more pixels than this are denoised in overlapping 256x256 tiles.
     #[arg(long, default_value_t = 512 * 512)]
     whole_limit: usize,
+    /// Quality of .jpg outputs, 1 to 100 (the image crate's default, 75, adds visible
+    /// artifacts to a cleaned image).
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    jpeg_quality: u8,
     /// The network's precision: f32, or bf16 / f16 (half the memory traffic: for GPUs; the CPU
     /// emulates them, a little slower). Normalisation, softmax and the skip path stay in f32.
     #[arg(long, value_enum, default_value = "f32")]
@@ -768,7 +772,7 @@ fn denoise_file(
             bar.set_position(done as u64);
         },
     )?;
-    let bytes = images::encode(&rgb, &pic, format)?;
+    let bytes = images::encode(&rgb, &pic, format, a.jpeg_quality)?;
     denoise_model::checkpoint::write_atomic(out, &bytes)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(format!(
