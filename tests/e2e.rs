@@ -268,6 +268,8 @@ fn cifar_binary_train_resume_eval() {
         v["tensors"]["model"]["tensors"]
     );
     assert!(v["parameters"].as_u64().unwrap() > 10_000);
+    // A training folder stands for its last.safetensors.
+    assert_eq!(ok(&["info", b.to_str().unwrap()]), text);
     let best = ok(&[
         "info",
         "--json",
@@ -667,6 +669,8 @@ fn bad_inputs_are_clear_errors() {
         let err = fails(&["info", &t(file)]);
         assert!(err.contains(file) && err.contains(says), "{err}");
     }
+    let err = fails(&["info", &t("empty")]);
+    assert!(err.contains("a folder without last.safetensors"), "{err}");
 
     // Not an image, and an output name with no image extension.
     std::fs::write(t("text.png"), b"hello").unwrap();

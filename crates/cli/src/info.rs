@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use denoise_model::Checkpoint;
+use denoise_trainer::train::{BEST, LAST};
 use denoise_trainer::{EvalResult, TrainState};
 use serde_json::{json, Value};
 
@@ -203,8 +204,23 @@ fn text(v: &Value) -> String {
     lines.join("\n")
 }
 
-/// Prints what the checkpoint at `path` holds, as text or JSON.
+/// Prints what the checkpoint at `path` holds, as text or JSON. A training folder stands for
+/// its `last.safetensors` (or `best.safetensors` when there is no last).
 pub fn info(path: &Path, as_json: bool) -> Result<()> {
+    let path = &if path.is_dir() {
+        [LAST, BEST]
+            .iter()
+            .map(|f| path.join(f))
+            .find(|p| p.exists())
+            .with_context(|| {
+                format!(
+                    "{}: a folder without {LAST} or {BEST}, expected a checkpoint or a training folder",
+                    path.display()
+                )
+            })?
+    } else {
+        path.to_path_buf()
+    };
     let ckpt = Checkpoint::load(path)?;
     let v = describe(path, &ckpt)?;
     if as_json {

@@ -58,7 +58,8 @@ enum Command {
 
 #[derive(Args)]
 struct InfoArgs {
-    /// A checkpoint written by `train` (best.safetensors, last.safetensors) or `export`.
+    /// A checkpoint written by `train` (best.safetensors, last.safetensors) or `export`, or a
+    /// training folder (its last.safetensors).
     checkpoint: PathBuf,
     /// Print everything as JSON instead (the training state and eval table in full).
     #[arg(long)]
