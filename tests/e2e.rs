@@ -285,6 +285,7 @@ fn cifar_binary_train_resume_eval() {
     // Evaluate the best checkpoint on 10 test images (the first of each class).
     let json = tmp.path().join("eval.json");
     let grid = tmp.path().join("grid.png");
+    let plot = tmp.path().join("psnr.png");
     let best = a.join("best.safetensors");
     let text = ok(&[
         "eval",
@@ -300,10 +301,14 @@ fn cifar_binary_train_resume_eval() {
         json.to_str().unwrap(),
         "--grid",
         grid.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
         "--device",
         "cpu",
     ]);
     assert!(text.contains("| 15 | true sigma | 10 |"), "{text}");
+    let p = image::open(&plot).unwrap();
+    assert_eq!((p.width(), p.height()), (900, 540));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = v["results"].as_array().unwrap();

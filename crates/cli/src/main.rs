@@ -300,6 +300,10 @@ struct EvalArgs {
     /// Write a PNG grid of noisy / denoised / clean images.
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// Draw PSNR against the noise level as a PNG (noisy, denoised, and denoised with the
+    /// estimated level under --estimate-sigma); most telling with many --sigmas.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// The network's precision: f32, or bf16 / f16 (half the memory traffic: for GPUs; the CPU
     /// emulates them, a little slower). Normalisation, softmax and the skip path stay in f32.
     #[arg(long, value_enum, default_value = "f32")]
@@ -620,9 +624,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(path) = &a.json {
         prepare_output("--json", path)?;
     }
-    if let Some(path) = &a.grid {
-        require_png("--grid", path)?;
-        prepare_output("--grid", path)?;
+    for (flag, path) in [("--grid", &a.grid), ("--plot", &a.plot)] {
+        if let Some(path) = path {
+            require_png(flag, path)?;
+            prepare_output(flag, path)?;
+        }
     }
     if a.sigmas.is_empty() || a.sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
         bail!("--sigmas: expected non-negative numbers such as 15,25,50");
@@ -683,6 +689,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("grid: {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        denoise_trainer::plot::plot_psnr(&results, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("plot: {}", path.display());
     }
     Ok(())
 }
