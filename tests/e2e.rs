@@ -1129,6 +1129,39 @@ fn shipped_model_works_without_training() {
     assert!(tmp.path().join("new/001.png").exists());
 }
 
+/// `train --print-config` prints the configuration the flags give, as a file `--config` reads
+/// back to the same configuration; nothing is trained or written.
+#[test]
+fn print_config_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap();
+    let text = ok(&[
+        "train",
+        "--print-config",
+        "--out",
+        o,
+        "--lr",
+        "5e-4",
+        "--arch",
+        "seed-unet",
+    ]);
+    assert!(
+        text.contains("lr = 0.0005") && text.contains("arch = \"seed-unet\""),
+        "{text}"
+    );
+    let file = tmp.path().join("c.toml");
+    std::fs::write(&file, &text).unwrap();
+    let again = ok(&[
+        "train",
+        "--print-config",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(again, text);
+    assert!(!out.exists());
+}
+
 /// With no --data and no network, training stops with a message that says where to put the
 /// files, and leaves no partial download behind.
 #[test]

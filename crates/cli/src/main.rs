@@ -178,6 +178,9 @@ struct TrainArgs {
     /// A TOML or JSON file with any of the training keys; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the configuration these flags give, as a TOML file for --config, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Continue the run in --out from its last.safetensors.
     #[arg(long)]
     resume: bool,
@@ -540,6 +543,10 @@ fn is_tty() -> bool {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let config = train_config(&a)?;
+    if a.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
     if a.out.exists() && !a.out.is_dir() {
         bail!(
             "--out {}: expected a folder for the run (checkpoints, metrics, plot), found a file",

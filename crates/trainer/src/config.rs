@@ -156,6 +156,12 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The configuration as a TOML file that [`TrainConfig::from_file`] reads back; keys left
+    /// to the architecture's defaults are absent.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig serialises to TOML")
+    }
+
     /// The network this configuration trains.
     pub fn model_config(&self) -> Option<denoise_model::ModelConfig> {
         use denoise_model::ModelConfig;
