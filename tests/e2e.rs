@@ -677,6 +677,28 @@ fn bad_inputs_are_clear_errors() {
     let err = fails(&["info", &t("empty")]);
     assert!(err.contains("a folder without last.safetensors"), "{err}");
 
+    // Outputs that would replace their inputs: refused, the inputs untouched.
+    let last = t("o/last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    let err = fails(&[
+        "export",
+        "--model",
+        &last,
+        "--out",
+        &t("o/../o/last.safetensors"),
+    ]);
+    assert!(err.contains("is the --model itself"), "{err}");
+    let png = t("mixed/a.png");
+    let noisy = std::fs::read(&png).unwrap();
+    for (image, out) in [(png.as_str(), png.clone()), (&t("mixed"), t("mixed/."))] {
+        let err = fails(&[
+            "generate", "--image", image, "--out", &out, "--device", "cpu",
+        ]);
+        assert!(err.contains("is the --image itself"), "{err}");
+    }
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    assert_eq!(std::fs::read(&png).unwrap(), noisy);
+
     // Not an image, and an output name with no image extension.
     std::fs::write(t("text.png"), b"hello").unwrap();
     let model = t("o/best.safetensors");

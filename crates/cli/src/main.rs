@@ -719,10 +719,24 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         .image
         .as_deref()
         .expect("clap requires --image without --random");
-    let model = load_model(a.model.as_deref(), &device, a.dtype)?;
     if !input.exists() {
         bail!("--image {}: no such file or folder", input.display());
     }
+    if is_same_file(input, &a.out) {
+        bail!(
+            "--out {} is the --image itself: the denoised {} would replace the noisy {}; \
+             choose another {}",
+            a.out.display(),
+            if input.is_dir() { "images" } else { "image" },
+            if input.is_dir() { "ones" } else { "one" },
+            if input.is_dir() {
+                "folder"
+            } else {
+                "file name"
+            },
+        );
+    }
+    let model = load_model(a.model.as_deref(), &device, a.dtype)?;
     if input.is_dir() {
         return denoise_folder(&a, input, &model);
     }
@@ -732,6 +746,14 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     bar.finish_and_clear();
     println!("{msg}");
     Ok(())
+}
+
+/// Whether two paths name one existing file or folder (through links and `..`).
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn progress_bar(show: bool, unit: &str) -> indicatif::ProgressBar {
@@ -919,6 +941,13 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
+    if is_same_file(&a.model, &a.out) {
+        bail!(
+            "--out {} is the --model itself: the model-only file would replace the training \
+             checkpoint; choose another file name",
+            a.out.display()
+        );
+    }
     let ckpt = denoise_model::Checkpoint::load(&a.model)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let model = Model::from_checkpoint(&ckpt, &Device::Cpu)
