@@ -629,6 +629,12 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
     if let Some(path) = &a.json {
+        if is_same_file(path, &a.model) {
+            bail!(
+                "--json {} is the --model itself: the results would replace the checkpoint",
+                path.display()
+            );
+        }
         prepare_output("--json", path)?;
     }
     for (flag, path) in [("--grid", &a.grid), ("--plot", &a.plot)] {
