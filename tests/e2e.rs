@@ -688,6 +688,8 @@ fn bad_inputs_are_clear_errors() {
         &t("o/../o/last.safetensors"),
     ]);
     assert!(err.contains("is the --model itself"), "{err}");
+    let err = fails(&["eval", "--model", &last, "--json", &last, "--device", "cpu"]);
+    assert!(err.contains("is the --model itself"), "{err}");
     let png = t("mixed/a.png");
     let noisy = std::fs::read(&png).unwrap();
     for (image, out) in [(png.as_str(), png.clone()), (&t("mixed"), t("mixed/."))] {
