@@ -729,17 +729,14 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         bail!("--image {}: no such file or folder", input.display());
     }
     if is_same_file(input, &a.out) {
+        let (what, other) = if input.is_dir() {
+            ("images would replace the noisy ones", "folder")
+        } else {
+            ("image would replace the noisy one", "file name")
+        };
         bail!(
-            "--out {} is the --image itself: the denoised {} would replace the noisy {}; \
-             choose another {}",
-            a.out.display(),
-            if input.is_dir() { "images" } else { "image" },
-            if input.is_dir() { "ones" } else { "one" },
-            if input.is_dir() {
-                "folder"
-            } else {
-                "file name"
-            },
+            "--out {} is the --image itself: the denoised {what}; choose another {other}",
+            a.out.display()
         );
     }
     let model = load_model(a.model.as_deref(), &device, a.dtype)?;
