@@ -69,10 +69,10 @@ fn describe(path: &Path, ckpt: &Checkpoint) -> Result<Value> {
             })
             .transpose()
     };
+    let train = parse("denoise.train")?;
     let averaged = groups.contains_key("ema");
-    let resumable = groups.contains_key("adam.m")
-        && groups.contains_key("adam.v")
-        && parse("denoise.train")?.is_some();
+    let resumable =
+        groups.contains_key("adam.m") && groups.contains_key("adam.v") && train.is_some();
     Ok(json!({
         "path": path.display().to_string(),
         "bytes": std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
@@ -92,7 +92,7 @@ fn describe(path: &Path, ckpt: &Checkpoint) -> Result<Value> {
         }),
         "resumable": resumable,
         "adam_step": ckpt.metadata.get("denoise.adam_step").and_then(|s| s.parse::<u64>().ok()),
-        "train": parse("denoise.train")?,
+        "train": train,
         "eval": parse("denoise.eval")?,
     }))
 }

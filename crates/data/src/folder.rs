@@ -125,61 +125,18 @@ pub fn read_rgb(
     Ok((chw, h, w))
 }
 
-/// Reads `files` (with their labels) into an image set, on all cores.
-pub fn read_set(
+/// Decodes `files` on all cores. `decode` turns one file into its pixel bytes and the number of
+/// images they hold; the bytes are concatenated in file order, each file's label repeated once
+/// per image.
+fn read_parallel(
     files: &[(PathBuf, u16)],
-    size: (usize, usize),
-    crop: bool,
-    classes: Vec<String>,
-) -> Result<ImageSet> {
-    let (h, w) = size;
-    let len = 3 * h * w;
-    let mut pixels = vec![0u8; files.len() * len];
+    decode: impl Fn(&Path) -> Result<(Vec<u8>, usize)> + Sync,
+) -> Result<(Vec<u8>, Vec<u16>)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
     let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pixels
-            .chunks_mut(chunk * len)
-            .zip(files.chunks(chunk))
-            .map(|(out, files)| {
-                s.spawn(move || -> Result<()> {
-                    for ((path, _), dst) in files.iter().zip(out.chunks_mut(len)) {
-                        let (img, _, _) = read_rgb(path, Some(size), crop)?;
-                        dst.copy_from_slice(&img);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("image reader thread panicked"))
-    })?;
-    Ok(ImageSet {
-        pixels,
-        labels: files.iter().map(|f| f.1).collect(),
-        n: files.len(),
-        c: 3,
-        h,
-        w,
-        classes,
-    })
-}
-
-/// Reads `files` (with their labels), each cut into `p x p` patches ([`grid_patches`]), on
-/// all cores. The images may have any sizes of at least `p x p`.
-pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<ImageSet> {
-    if p == 0 {
-        return Err(DataError::Invalid(
-            "patch size 0: expected at least 1".into(),
-        ));
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .max(1);
-    let chunk = files.len().div_ceil(threads).max(1);
+    let decode = &decode;
     let parts = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
@@ -187,17 +144,9 @@ pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) ->
                 s.spawn(move || -> Result<(Vec<u8>, Vec<u16>)> {
                     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
                     for (path, label) in files {
-                        let (img, h, w) = read_rgb(path, None, false)?;
-                        if h < p || w < p {
-                            return Err(DataError::SmallerThanPatch {
-                                path: path.clone(),
-                                found_w: w as u32,
-                                found_h: h as u32,
-                                patch: p,
-                            });
-                        }
-                        pixels.extend(grid_patches(&img, (3, h, w), p));
-                        labels.extend(std::iter::repeat_n(*label, (h / p) * (w / p)));
+                        let (px, images) = decode(path)?;
+                        pixels.extend(px);
+                        labels.extend(std::iter::repeat_n(*label, images));
                     }
                     Ok((pixels, labels))
                 })
@@ -213,6 +162,49 @@ pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) ->
         pixels.extend(px);
         labels.extend(l);
     }
+    Ok((pixels, labels))
+}
+
+/// Reads `files` (with their labels) into an image set, on all cores.
+pub fn read_set(
+    files: &[(PathBuf, u16)],
+    size: (usize, usize),
+    crop: bool,
+    classes: Vec<String>,
+) -> Result<ImageSet> {
+    let (pixels, labels) =
+        read_parallel(files, |path| Ok((read_rgb(path, Some(size), crop)?.0, 1)))?;
+    Ok(ImageSet {
+        n: labels.len(),
+        pixels,
+        labels,
+        c: 3,
+        h: size.0,
+        w: size.1,
+        classes,
+    })
+}
+
+/// Reads `files` (with their labels), each cut into `p x p` patches ([`grid_patches`]), on
+/// all cores. The images may have any sizes of at least `p x p`.
+pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<ImageSet> {
+    if p == 0 {
+        return Err(DataError::Invalid(
+            "patch size 0: expected at least 1".into(),
+        ));
+    }
+    let (pixels, labels) = read_parallel(files, |path| {
+        let (img, h, w) = read_rgb(path, None, false)?;
+        if h < p || w < p {
+            return Err(DataError::SmallerThanPatch {
+                path: path.to_path_buf(),
+                found_w: w as u32,
+                found_h: h as u32,
+                patch: p,
+            });
+        }
+        Ok((grid_patches(&img, (3, h, w), p), (h / p) * (w / p)))
+    })?;
     Ok(ImageSet {
         n: labels.len(),
         pixels,

@@ -228,6 +228,35 @@ impl ImageSet {
     pub fn image_f32(&self, i: usize) -> Vec<f32> {
         self.image(i).iter().map(|&p| p as f32 / 255.0).collect()
     }
+
+    /// Every image cut into `p x p` patches ([`grid_patches`]), each with its image's label.
+    pub fn patches(&self, p: usize) -> Result<ImageSet> {
+        if p == 0 || p > self.h || p > self.w {
+            return Err(DataError::Invalid(format!(
+                "patches of {p}x{p}: expected a side from 1 to the images' {}x{}",
+                self.w, self.h
+            )));
+        }
+        let per = (self.h / p) * (self.w / p);
+        let mut pixels = Vec::with_capacity(self.n * per * self.c * p * p);
+        for i in 0..self.n {
+            pixels.extend(grid_patches(self.image(i), (self.c, self.h, self.w), p));
+        }
+        let labels = self
+            .labels
+            .iter()
+            .flat_map(|&l| std::iter::repeat_n(l, per))
+            .collect();
+        Ok(ImageSet {
+            pixels,
+            labels,
+            n: self.n * per,
+            h: p,
+            w: p,
+            classes: self.classes.clone(),
+            ..*self
+        })
+    }
 }
 
 /// Train, validation and test images of a dataset.
@@ -274,37 +303,6 @@ pub fn grid_patches(img: &[u8], (c, h, w): (usize, usize, usize), p: usize) -> V
         }
     }
     out
-}
-
-impl ImageSet {
-    /// Every image cut into `p x p` patches ([`grid_patches`]), each with its image's label.
-    pub fn patches(&self, p: usize) -> Result<ImageSet> {
-        if p == 0 || p > self.h || p > self.w {
-            return Err(DataError::Invalid(format!(
-                "patches of {p}x{p}: expected a side from 1 to the images' {}x{}",
-                self.w, self.h
-            )));
-        }
-        let per = (self.h / p) * (self.w / p);
-        let mut pixels = Vec::with_capacity(self.n * per * self.c * p * p);
-        for i in 0..self.n {
-            pixels.extend(grid_patches(self.image(i), (self.c, self.h, self.w), p));
-        }
-        let labels = self
-            .labels
-            .iter()
-            .flat_map(|&l| std::iter::repeat_n(l, per))
-            .collect();
-        Ok(ImageSet {
-            pixels,
-            labels,
-            n: self.n * per,
-            h: p,
-            w: p,
-            classes: self.classes.clone(),
-            ..*self
-        })
-    }
 }
 
 /// The CIFAR-10 binary splits, cut into patches when asked.

@@ -167,17 +167,18 @@ fn draw(
     series: &[Series],
 ) -> Result<image::RgbImage> {
     let scale = |v: f64| if log_y { v.log10() } else { v };
-    let points = |s: &Series| -> Vec<(f64, f64)> {
-        s.points
-            .iter()
-            .map(|&(x, y)| (x, scale(y)))
-            .filter(|p| p.1.is_finite())
-            .collect()
-    };
-    let all: Vec<f64> = series
+    // Each series' points as drawn: scaled, the non-finite left out.
+    let drawn: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .flat_map(|s| points(s).into_iter().map(|p| p.1))
+        .map(|s| {
+            s.points
+                .iter()
+                .map(|&(x, y)| (x, scale(y)))
+                .filter(|p| p.1.is_finite())
+                .collect()
+        })
         .collect();
+    let all: Vec<f64> = drawn.iter().flatten().map(|p| p.1).collect();
     if all.is_empty() {
         return Err(TrainError::Plot("nothing to plot yet".into()));
     }
@@ -228,8 +229,7 @@ fn draw(
                 .draw()
                 .map_err(perr)?;
         }
-        for s in series {
-            let pts = points(s);
+        for (s, pts) in series.iter().zip(&drawn) {
             if s.dots {
                 chart
                     .draw_series(
