@@ -577,6 +577,10 @@ fn bad_inputs_are_clear_errors() {
             &["--patch", "18"][..],
             "18x18: cond-unet needs sides that are multiples of 4",
         ),
+        (
+            &["--patch", "8", "--arch", "seed-unet"][..],
+            "8x8: the l1-ssim loss needs at least 11x11",
+        ),
         (&["--patch", "0"][..], "--patch"),
         (&["--patch", "16", "--crop"][..], "--patch"),
     ] {
@@ -585,7 +589,8 @@ fn bad_inputs_are_clear_errors() {
         let err = fails(&args);
         assert!(err.contains(says), "{flags:?}: {err}");
     }
-    assert!(!tmp.path().join("p2/last.safetensors").exists());
+    // A run refused after its folder was made leaves no folder behind.
+    assert!(!tmp.path().join("p2").exists(), "p2 left behind");
 
     // Bad flags and config files.
     let err = fails(&[
@@ -620,6 +625,24 @@ fn bad_inputs_are_clear_errors() {
         "cpu",
     ]);
     assert!(err.contains("learning_rate"), "{err}");
+
+    // Test images too small for SSIM.
+    let tiny = tmp.path().join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    write_png(&tiny.join("a.png"), 0, 8, 8);
+    let err = fails(&[
+        "eval",
+        "--model",
+        &t("o/last.safetensors"),
+        "--data",
+        &t("tiny"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("tiny") && err.contains("8x8 pixels; SSIM needs images of at least 11x11"),
+        "{err}"
+    );
 
     // Checkpoints: missing, not safetensors, cut short.
     let err = fails(&[

@@ -474,8 +474,10 @@ fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
 
 fn load_test_data(args: &DataArgs, progress: bool) -> Result<denoise_data::ImageSet> {
     let path = data_path(args, progress)?;
-    denoise_data::load_test(&path, &data_options(args))
-        .with_context(|| format!("reading the test images in {}", path.display()))
+    let context = || format!("reading the test images in {}", path.display());
+    let set = denoise_data::load_test(&path, &data_options(args)).with_context(context)?;
+    eval::check_size(&set).with_context(context)?;
+    Ok(set)
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {

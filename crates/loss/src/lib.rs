@@ -41,7 +41,9 @@ pub enum LossError {
     #[error("expected an image tensor of shape (C, H, W) or (N, C, H, W), got {0:?}")]
     BadRank(Vec<usize>),
     /// The image is smaller than the SSIM window.
-    #[error("SSIM needs images of at least {window}x{window} pixels, got {h}x{w}")]
+    #[error(
+        "SSIM needs images of at least {window}x{window} pixels, got {w}x{h} (width x height)"
+    )]
     TooSmall {
         /// The window's side.
         window: usize,

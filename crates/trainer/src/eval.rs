@@ -52,6 +52,19 @@ fn mean(v: &[f32]) -> f64 {
     v.iter().map(|&x| x.min(100.0) as f64).sum::<f64>() / v.len().max(1) as f64
 }
 
+/// Refuses images too small for [`evaluate`]'s SSIM (its window is 11x11 pixels).
+pub fn check_size(set: &ImageSet) -> Result<()> {
+    let window = Ssim::default().window;
+    if set.h < window || set.w < window {
+        return Err(TrainError::TooSmall {
+            w: set.w,
+            h: set.h,
+            window,
+        });
+    }
+    Ok(())
+}
+
 /// Scores `model` on every image of `set` at each noise level in `sigmas`, giving it the true
 /// noise level, or, with `estimate`, the level [`estimate_sigma`] finds in each noisy image.
 #[allow(clippy::too_many_arguments)]
@@ -68,6 +81,7 @@ pub fn evaluate(
     if set.n == 0 {
         return Err(TrainError::Config("no images to evaluate".into()));
     }
+    check_size(set)?;
     let ssim = Ssim::default();
     let shape = |n| (n, set.c, set.h, set.w);
     let bar = if progress {

@@ -67,6 +67,16 @@ pub enum TrainError {
     /// A setting of the recipe is out of range; the message names it.
     #[error("configuration: {0}")]
     Config(String),
+    /// The images are smaller than SSIM's window.
+    #[error("the images are {w}x{h} pixels; SSIM needs images of at least {window}x{window}")]
+    TooSmall {
+        /// The images' width.
+        w: usize,
+        /// The images' height.
+        h: usize,
+        /// The side of SSIM's window.
+        window: usize,
+    },
     /// A run cannot be resumed from its checkpoint.
     #[error("{path}: {reason}")]
     Resume {

@@ -334,8 +334,28 @@ pub fn train(
 ) -> Result<TrainSummary> {
     config.validate()?;
     check_out_dir(out_dir, opts)?;
+    let created = !out_dir.exists();
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-    let _lock = lock_out_dir(out_dir)?;
+    let lock = lock_out_dir(out_dir)?;
+    let result = train_locked(config, data, out_dir, device, opts);
+    drop(lock);
+    if result.is_err() && created {
+        // A run that failed before it wrote anything leaves no folder behind: remove the lock
+        // file, then the folder, which fails (and so stays) unless it is empty.
+        let _ = std::fs::remove_file(out_dir.join(LOCK));
+        let _ = std::fs::remove_dir(out_dir);
+    }
+    result
+}
+
+/// [`train`] once the folder is there and locked.
+fn train_locked(
+    config: &TrainConfig,
+    data: &Splits,
+    out_dir: &Path,
+    device: &Device,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     let model_config = config.model_config().expect("validated");
     let adam_config = AdamConfig {
         lr: config.lr,
@@ -435,6 +455,14 @@ pub fn train(
                 "the {name} images are {}x{}: {} needs sides that are multiples of {m} \
                  (patches of a multiple of {m} fit any images)",
                 set.w, set.h, config.arch
+            )));
+        }
+        let window = denoise_loss::Ssim::default().window;
+        if set.n > 0 && config.loss_kind() == LossKind::L1Ssim && set.h.min(set.w) < window {
+            return Err(TrainError::Config(format!(
+                "the {name} images are {}x{}: the l1-ssim loss needs at least {window}x{window} \
+                 pixels (SSIM's window)",
+                set.w, set.h
             )));
         }
     }
