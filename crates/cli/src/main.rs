@@ -623,8 +623,8 @@ fn require_png(flag: &str, path: &Path) -> Result<()> {
 
 /// Writes `value` as pretty JSON, atomically.
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    // The error names the file.
+    denoise_model::checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())?;
     Ok(())
 }
 
@@ -702,12 +702,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(path) = &a.grid {
         eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .with_context(|| format!("--grid {}", path.display()))?;
         println!("grid: {}", path.display());
     }
     if let Some(path) = &a.plot {
         denoise_trainer::plot::plot_psnr(&results, path)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .with_context(|| format!("--plot {}", path.display()))?;
         println!("plot: {}", path.display());
     }
     Ok(())
@@ -819,8 +819,7 @@ fn denoise_file(
         },
     )?;
     let bytes = images::encode(&rgb, &pic, format, a.jpeg_quality)?;
-    denoise_model::checkpoint::write_atomic(out, &bytes)
-        .with_context(|| format!("writing {}", out.display()))?;
+    denoise_model::checkpoint::write_atomic(out, &bytes)?;
     Ok(format!(
         "denoised {} ({}, noise sigma {:.2} {how}) -> {}",
         input.display(),
@@ -923,12 +922,11 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     for i in 0..a.count {
         let img = eval::to_rgb(&x.get(i)?)?;
         let path = dir.join(format!("{i:03}.png"));
-        eval::save_png_atomic(&img, &path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        eval::save_png_atomic(&img, &path)?;
         tiles.push(img);
     }
     let grid = eval::grid_of(&tiles, (a.count as f64).sqrt().ceil() as usize);
-    eval::save_png_atomic(&grid, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    eval::save_png_atomic(&grid, &a.out)?;
     println!(
         "{} images ({}x{}, {:?} sampler, {} steps = {} network evaluations, seed {}) in {:.1} s -> {} and {}/",
         a.count,
@@ -985,8 +983,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             a.model.display()
         ),
     );
-    out.save()
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    out.save()?;
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     println!(
         "{} ({} parameters) -> {} ({:.1} MB)",

@@ -122,6 +122,7 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let p = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            action: "reading",
             path: p.clone(),
             source,
         })?;
@@ -156,6 +157,7 @@ impl Checkpoint {
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| ModelError::Io {
+        action: "writing",
         path: path.display().to_string(),
         source,
     };

@@ -110,8 +110,10 @@ pub enum ModelError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("cannot read or write {path}: {source}")]
+    #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done: "reading" or "writing".
+        action: &'static str,
         /// The file.
         path: String,
         /// The operating system's error.
