@@ -1159,6 +1159,34 @@ fn shipped_model_works_without_training() {
         db(&den)
     );
 
+    // eval with no --model scores the shipped model too.
+    let set = tmp.path().join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    clean.save(set.join("a.png")).unwrap();
+    let json = tmp.path().join("eval.json");
+    let text = ok(&[
+        "eval",
+        "--data",
+        set.to_str().unwrap(),
+        "--sigmas",
+        "25",
+        "--json",
+        json.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        text.contains("models/cond-unet-cifar10.safetensors (cond-unet"),
+        "{text}"
+    );
+    let r = &serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap()).unwrap()
+        ["results"][0];
+    let (noisy, denoised) = (
+        r["noisy_psnr"].as_f64().unwrap(),
+        r["psnr"].as_f64().unwrap(),
+    );
+    assert!(denoised > noisy + 6.0, "{r}");
+
     let grid = tmp.path().join("new.png");
     let text = ok(&[
         "generate",

@@ -278,9 +278,10 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// The checkpoint to evaluate (best.safetensors or last.safetensors).
+    /// The checkpoint to evaluate (best.safetensors or last.safetensors; default: the shipped
+    /// model in models/, or $DENOISE_MODEL).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Noise levels in 0..255 units, comma-separated.
@@ -372,22 +373,26 @@ const SHIPPED_MODEL: &str = concat!(
 );
 
 /// Loads a checkpoint (the shipped model when `path` is `None`) with its network in `dtype`.
+/// `--model`, or where it is left out, $DENOISE_MODEL or the shipped model.
+fn model_path(path: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = path {
+        return Ok(p.to_path_buf());
+    }
+    let p = std::env::var_os("DENOISE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SHIPPED_MODEL));
+    if !p.exists() {
+        bail!(
+            "no --model given and the default model {} is missing (set DENOISE_MODEL or pass --model)",
+            p.display()
+        );
+    }
+    // Without the `crates/cli/../..` of the built-in path.
+    Ok(p.canonicalize().unwrap_or(p))
+}
+
 fn load_model(path: Option<&Path>, device: &Device, dtype: DtypeArg) -> Result<Model> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = std::env::var_os("DENOISE_MODEL")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(SHIPPED_MODEL));
-            if !p.exists() {
-                bail!(
-                    "no --model given and the default model {} is missing (set DENOISE_MODEL or pass --model)",
-                    p.display()
-                );
-            }
-            p
-        }
-    };
+    let path = model_path(path)?;
     let model = Model::load(&path, device)
         .with_context(|| format!("loading the model {}", path.display()))?;
     Ok(model.to_dtype(dtype.dtype())?)
@@ -630,8 +635,9 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
+    let model_file = model_path(a.model.as_deref())?;
     if let Some(path) = &a.json {
-        if is_same_file(path, &a.model) {
+        if is_same_file(path, &model_file) {
             bail!(
                 "--json {} is the --model itself: the results would replace the checkpoint",
                 path.display()
@@ -651,7 +657,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = load_model(Some(&a.model), &device, a.dtype)?;
+    let model = load_model(Some(&model_file), &device, a.dtype)?;
     let all = load_test_data(&a.data, is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
@@ -682,7 +688,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     println!(
         "model {} ({}, {}), {} test images, noise seed {}",
-        a.model.display(),
+        model_file.display(),
         model.config().arch(),
         model.dtype().as_str(),
         test.n,
@@ -691,7 +697,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     print!("{}", eval::table(&results));
     if let Some(path) = &a.json {
         let json = serde_json::json!({
-            "model": a.model.display().to_string(),
+            "model": model_file.display().to_string(),
             "arch": model.config().arch(),
             "dtype": model.dtype().as_str(),
             "images": test.n,
