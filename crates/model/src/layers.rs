@@ -103,10 +103,42 @@ impl Conv2d {
     }
 }
 
-/// A parameter in `x`'s dtype: itself when they agree, else rounded (mixed precision: f32
-/// weights used in bf16; the rounding is part of the graph, so the gradient reaches the weight).
-pub fn cast(param: &Var, x: &Tensor) -> Result<Tensor> {
-    Ok(param.as_tensor().to_dtype(x.dtype())?)
+thread_local! {
+    static INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a forward pass on this thread) without recording a graph for gradients, as
+/// PyTorch's `no_grad`: the parameters enter the ops detached ([`param`]), so no result holds
+/// on to the inputs it was made from, and each activation is freed as soon as the next layer
+/// has used it. Without it, the whole forward pass stays in memory until its output is
+/// dropped: `denoise generate` on one 512x512 image (the default cond-unet) peaked at 3.3 GB
+/// and took 8.8 s without it, 1.4 GB and 3.3 s with it.
+pub fn inference<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INFERENCE.set(self.0);
+        }
+    }
+    let _reset = Reset(INFERENCE.replace(true));
+    f()
+}
+
+/// A parameter's tensor as the forward pass uses it: the variable itself, or, inside
+/// [`inference`], a detached handle on the same storage (no copy).
+pub fn param(p: &Var) -> Tensor {
+    if INFERENCE.get() {
+        p.as_tensor().detach()
+    } else {
+        p.as_tensor().clone()
+    }
+}
+
+/// A parameter ([`param`]) in `x`'s dtype: itself when they agree, else rounded (mixed
+/// precision: f32 weights used in bf16; the rounding is part of the graph, so the gradient
+/// reaches the weight).
+pub fn cast(p: &Var, x: &Tensor) -> Result<Tensor> {
+    Ok(param(p).to_dtype(x.dtype())?)
 }
 
 /// Whether CUDA convolutions go through [`crate::cudnn_conv`] (builds with the `cudnn` feature,

@@ -384,8 +384,8 @@ impl Model {
         let s = Tensor::from_vec(s, n, &Device::Cpu)?
             .to_device(noisy.device())?
             .to_dtype(noisy.dtype())?;
-        let y = self.forward(&x, Some(&s), None)?;
-        // Detached: inference results do not keep the forward pass's graph alive.
+        let y = layers::inference(|| self.forward(&x, Some(&s), None))?;
+        // Detached: the result does not keep the (noisy) input alive.
         Ok(y.narrow(2, 0, h)?
             .narrow(3, 0, w)?
             .clamp(0f32, 1f32)?

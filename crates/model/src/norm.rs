@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::layers::param;
 use crate::params::ParamStore;
 use crate::Result;
 
@@ -62,8 +63,8 @@ impl GroupNorm {
     /// variance summed in bf16 would keep only about 3 significant digits.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         use crate::operands::widened;
-        let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
-        let y = self.forward_with(&widened(x)?, &widened(gamma)?, &widened(beta)?, silu)?;
+        let (gamma, beta) = (param(&self.gamma), param(&self.beta));
+        let y = self.forward_with(&widened(x)?, &widened(&gamma)?, &widened(&beta)?, silu)?;
         Ok(y.to_dtype(x.dtype())?)
     }
 

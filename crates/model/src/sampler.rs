@@ -184,7 +184,7 @@ impl<'a> ModelDenoiser<'a> {
         let n = x.dim(0)?;
         let pix = ((x + 1.0)? * 0.5)?;
         let s = Tensor::full((sigma / 2.0) as f32, n, x.device())?.to_dtype(x.dtype())?;
-        let d = self.model.forward(&pix, Some(&s), None)?.detach();
+        let d = crate::layers::inference(|| self.model.forward(&pix, Some(&s), None))?.detach();
         Ok(((d * 2.0)? - 1.0)?)
     }
 }

@@ -282,12 +282,18 @@ fn padded(s: &ConvShape) -> (usize, usize) {
     (2 * th + 2, 2 * tw.next_multiple_of(L) + 2)
 }
 
+/// The rows of the padded plane (see [`padded`]) that tile rows `r0 .. r1` read, `2 r0 ..
+/// 2 r1 + 2`, into `pad`: its row `i` is the image's row `2 r0 + i - 1`, or zeros.
 #[inline(always)]
-fn pad_plane<T: Float>(s: &ConvShape, src: &[T], pad: &mut [T]) {
-    let (ph, pw) = padded(s);
-    pad[..ph * pw].fill(T::ZERO);
-    for y in 0..s.h {
-        pad[(y + 1) * pw + 1..(y + 1) * pw + 1 + s.w].copy_from_slice(&src[y * s.w..(y + 1) * s.w]);
+fn pad_rows<T: Float>(s: &ConvShape, src: &[T], (r0, r1): (usize, usize), pad: &mut [T]) {
+    let (_, pw) = padded(s);
+    let rows = 2 * (r1 - r0) + 2;
+    pad[..rows * pw].fill(T::ZERO);
+    for i in 0..rows {
+        let Some(y) = (2 * r0 + i).checked_sub(1).filter(|&y| y < s.h) else {
+            continue;
+        };
+        pad[i * pw + 1..i * pw + 1 + s.w].copy_from_slice(&src[y * s.w..(y + 1) * s.w]);
     }
 }
 
@@ -305,8 +311,9 @@ fn tile_cols<T: Float, const N: usize>(row: &[T], k0: usize) -> [[T; N]; 4] {
 }
 
 simd_fn! {
-    /// `V = Bᵀ d B` for every tile of `gn` images, laid out `[16][c_in][t]` with `t = gn th tw`.
-    fn transform_input => transform_input_body(s: &ConvShape, x: &[T], gn: usize, v: &mut [T], pad: &mut [T])
+    /// `V = Bᵀ d B` for the tiles in tile rows `rows` (`r0 .. r1`) of `gn` images, laid out
+    /// `[16][c_in][t]` with `t = gn (r1 - r0) tw`.
+    fn transform_input => transform_input_body(s: &ConvShape, x: &[T], gn: usize, rows: (usize, usize), v: &mut [T], pad: &mut [T])
 }
 
 #[inline(always)]
@@ -314,28 +321,31 @@ fn transform_input_body<T: Float, const N: usize>(
     s: &ConvShape,
     x: &[T],
     gn: usize,
+    (r0, r1): (usize, usize),
     v: &mut [T],
     pad: &mut [T],
 ) {
-    let (th, tw) = tiles(s);
+    let (_, tw) = tiles(s);
     let (_, pw) = padded(s);
-    let (p, t) = (s.h * s.w, gn * th * tw);
+    let nr = r1 - r0;
+    let (p, t) = (s.h * s.w, gn * nr * tw);
     let stride = point_stride(s.c_in * t);
     for img in 0..gn {
         for c in 0..s.c_in {
-            pad_plane(
+            pad_rows(
                 s,
                 &x[(img * s.c_in + c) * p..(img * s.c_in + c + 1) * p],
+                (r0, r1),
                 pad,
             );
-            for ty in 0..th {
-                let base = c * t + (img * th + ty) * tw;
+            for r in 0..nr {
+                let base = c * t + (img * nr + r) * tw;
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
                     // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
                     let mut d = [[T::ZERO; N]; 16];
                     for i in 0..4 {
-                        let cols = tile_cols(&pad[(2 * ty + i) * pw..(2 * ty + i + 1) * pw], k0);
+                        let cols = tile_cols(&pad[(2 * r + i) * pw..(2 * r + i + 1) * pw], k0);
                         d[4 * i..4 * i + 4].copy_from_slice(&cols);
                     }
                     for (i, row) in tile_2d(bt, &d).iter().enumerate() {
@@ -350,8 +360,10 @@ fn transform_input_body<T: Float, const N: usize>(
 }
 
 simd_fn! {
-    /// `Y = relu?(Aᵀ M A + bias)` from the products of `gn` images into `out`.
-    fn transform_output => transform_output_body(s: &ConvShape, m: &[T], bias: &[T], relu: bool, out: &mut [T])
+    /// `Y = relu?(Aᵀ M A + bias)` from the products of tile rows `rows` (`r0 .. r1`) of `gn`
+    /// images into `out`: the image rows `2 r0 ..` that those tiles cover, each plane of the
+    /// `gn` images `(min(2 r1, h) - 2 r0) x w`.
+    fn transform_output => transform_output_body(s: &ConvShape, m: &[T], bias: &[T], relu: bool, rows: (usize, usize), out: &mut [T])
 }
 
 #[inline(always)]
@@ -360,19 +372,21 @@ fn transform_output_body<T: Float, const N: usize>(
     m: &[T],
     bias: &[T],
     relu: bool,
+    (r0, r1): (usize, usize),
     out: &mut [T],
 ) {
-    let (th, tw) = tiles(s);
-    let p = s.h * s.w;
+    let (_, tw) = tiles(s);
+    let nr = r1 - r0;
+    let p = ((2 * r1).min(s.h) - 2 * r0) * s.w;
     let gn = out.len() / (s.c_out * p);
-    let t = gn * th * tw;
+    let t = gn * nr * tw;
     let tp = point_stride(s.c_out * t);
     for img in 0..gn {
         for o in 0..s.c_out {
             let dst = &mut out[(img * s.c_out + o) * p..(img * s.c_out + o + 1) * p];
             let bo = bias[o];
-            for ty in 0..th {
-                let base = o * t + (img * th + ty) * tw;
+            for ty in r0..r1 {
+                let base = o * t + (img * nr + ty - r0) * tw;
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
                     let tile = tile_2d(at, &load_tiles::<T, N>(m, tp, base + k0, n));
@@ -392,7 +406,7 @@ fn transform_output_body<T: Float, const N: usize>(
                                 il[2 * l + c] = if relu && !positive { T::ZERO } else { v };
                             }
                         }
-                        let at_ = y * s.w + x0;
+                        let at_ = (y - 2 * r0) * s.w + x0;
                         if len == 2 * N {
                             dst[at_..at_ + 2 * N].copy_from_slice(&il[..2 * N]);
                         } else {
@@ -562,7 +576,8 @@ fn multiply<T: Float>(s: &ConvShape, u: &[T], v: &[T], m: &mut [T], t: usize, pa
     }
 }
 
-/// Forward pass for one group: `out` holds the group's `gn` output images.
+/// Forward pass for one group: tile rows `rows` of `gn` images, from `x` (whole images) into
+/// `out` (the image rows those tiles cover, as [`transform_output`] lays them out).
 #[allow(clippy::too_many_arguments)]
 fn forward_group<T: Float>(
     s: &ConvShape,
@@ -570,22 +585,22 @@ fn forward_group<T: Float>(
     u: &[T],
     bias: &[T],
     relu: bool,
+    (gn, rows): (usize, (usize, usize)),
     out: &mut [T],
     scratch: &mut Scratch<T>,
     par: bool,
 ) {
-    let (th, tw) = tiles(s);
-    let gn = out.len() / (s.c_out * s.h * s.w);
-    let t = gn * th * tw;
+    let (_, tw) = tiles(s);
+    let t = gn * (rows.1 - rows.0) * tw;
     scratch.ensure(
         s,
         16 * point_stride(s.c_in * t),
         16 * point_stride(s.c_out * t),
     );
     let Scratch { v, m, pad } = scratch;
-    transform_input(s, x, gn, v, pad);
+    transform_input(s, x, gn, rows, v, pad);
     multiply(s, u, v, m, t, par);
-    transform_output(s, m, bias, relu, out);
+    transform_output(s, m, bias, relu, rows, out);
 }
 
 /// Reused buffers: transformed input, products, one padded plane.
@@ -621,13 +636,18 @@ pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], bias: &[T], relu: bool
 pub fn forward_with<T: Float>(s: &ConvShape, x: &[T], u: &[T], bias: &[T], relu: bool) -> Vec<T> {
     debug_assert!(s.k == 3);
     let p = s.h * s.w;
+    let (th, tw) = tiles(s);
+    if th * tw >= 2 * TILES_PER_GROUP {
+        return forward_bands(s, x, u, bias, relu);
+    }
     let gsz = group(s);
     let mut out = vec![T::ZERO; s.n * s.c_out * p];
     let groups = s.n.div_ceil(gsz);
     let chunk = gsz * s.c_out * p;
     let run = |scratch: &mut Scratch<T>, (gi, o): (usize, &mut [T]), par: bool| {
         let xg = &x[gi * gsz * s.c_in * p..];
-        forward_group(s, xg, u, bias, relu, o, scratch, par);
+        let gn = o.len() / (s.c_out * p);
+        forward_group(s, xg, u, bias, relu, (gn, (0, th)), o, scratch, par);
     };
     if groups >= threads() {
         out.par_chunks_mut(chunk)
@@ -639,6 +659,54 @@ pub fn forward_with<T: Float>(s: &ConvShape, x: &[T], u: &[T], bias: &[T], relu:
             run(&mut sc, item, true);
         }
     }
+    out
+}
+
+/// [`forward_with`] for large planes: each image in bands of about [`TILES_PER_GROUP`] tiles
+/// (whole tile rows), all bands of all images in parallel, so that the transforms run on every
+/// thread and each band's transformed tiles stay in cache; the bands' outputs are then copied
+/// into place. The same tiles as in one piece, so the same result, bit for bit.
+fn forward_bands<T: Float>(s: &ConvShape, x: &[T], u: &[T], bias: &[T], relu: bool) -> Vec<T> {
+    let (p, co) = (s.h * s.w, s.c_out);
+    let (th, tw) = tiles(s);
+    let band = (TILES_PER_GROUP / tw).max(1);
+    let items: Vec<(usize, (usize, usize))> = (0..s.n)
+        .flat_map(|img| {
+            (0..th)
+                .step_by(band)
+                .map(move |r0| (img, (r0, (r0 + band).min(th))))
+        })
+        .collect();
+    let parts: Vec<Vec<T>> = items
+        .par_iter()
+        .map_init(Scratch::new, |scratch, &(img, rows)| {
+            let bh = (2 * rows.1).min(s.h) - 2 * rows.0;
+            let mut o = vec![T::ZERO; co * bh * s.w];
+            let xi = &x[img * s.c_in * p..(img + 1) * s.c_in * p];
+            forward_group(s, xi, u, bias, relu, (1, rows), &mut o, scratch, false);
+            o
+        })
+        .collect();
+    // Each output plane gathered from its image's bands, planes in parallel; not zeroed first.
+    let per_image = th.div_ceil(band);
+    let mut out = Vec::with_capacity(s.n * co * p);
+    out.spare_capacity_mut()
+        .par_chunks_mut(p)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (img, o) = (plane / co, plane % co);
+            for b in img * per_image..(img + 1) * per_image {
+                let (part, r0) = (&parts[b], items[b].1 .0);
+                let len = part.len() / co;
+                let rows = &mut dst[2 * r0 * s.w..2 * r0 * s.w + len];
+                for (d, v) in rows.iter_mut().zip(&part[o * len..(o + 1) * len]) {
+                    d.write(*v);
+                }
+            }
+        });
+    // SAFETY: the bands of each image cover its rows `0 .. h` one after another, so every
+    // element of every plane was written above.
+    unsafe { out.set_len(s.n * co * p) };
     out
 }
 
@@ -668,7 +736,7 @@ fn backward_group<T: Float>(
     let Scratch { v, m, pad } = scratch;
     let mut db = vec![T::ZERO; co];
     transform_output_grad(s, dy, relu_out, gn, m, &mut db);
-    transform_input(s, x, gn, v, pad);
+    transform_input(s, x, gn, (0, th), v, pad);
     // dU[p] = dM[p] V[p]ᵀ: (c_out x t) x (t x c_in)
     let mut du = vec![T::ZERO; 16 * us];
     let (m, v_ref): (&[T], &[T]) = (m, v);

@@ -277,3 +277,49 @@ fn sampling_in_chunks_matches_one_batch() {
         assert!(err < 1e-5, "max_pixels {max_pixels}: {err}");
     }
 }
+
+/// Inside `layers::inference` a forward pass records no graph (so its activations are freed
+/// as it goes) and gives the same numbers; outside it, the graph is recorded again.
+#[test]
+fn inference_records_no_graph_and_gives_the_same_output() {
+    use denoise_model::layers::inference;
+    for config in [
+        ModelConfig::CondUnet(tiny(true)),
+        ModelConfig::SeedUnet(denoise_model::SeedUnetConfig {
+            base: 4,
+            ..Default::default()
+        }),
+    ] {
+        let model = Model::new(&config, &Device::Cpu, 3).unwrap();
+        for (name, var) in model.vars() {
+            if name.starts_with("out.") {
+                var.set(
+                    &(rand(var.dims(), 7) * 0.3)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap(),
+                )
+                .unwrap();
+            }
+        }
+        let x = rand(&[2, 3, 16, 16], 8)
+            .affine(0.2, 0.5)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let sigma = Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap();
+        let run = || model.forward(&x, Some(&sigma), None).unwrap();
+        let tracked = run();
+        assert!(
+            tracked.track_op(),
+            "{config:?}: a training forward records its graph"
+        );
+        let free = inference(run);
+        assert!(!free.track_op(), "{config:?}: inference recorded a graph");
+        assert_eq!(
+            free.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            tracked.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert!(run().track_op(), "{config:?}: the flag was left on");
+    }
+}

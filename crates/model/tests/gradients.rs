@@ -125,6 +125,11 @@ fn winograd_matches_im2col() {
             (40, 8, 8, 3, 3),
             (6, 32, 16, 20, 18),
             (2, 8, 8, 9, 8),
+            // Large planes, whose forward runs in bands of tile rows: a last band cut short
+            // at an odd edge, two images, and a plane wider than a band's tiles.
+            (1, 8, 8, 67, 70),
+            (2, 8, 12, 64, 64),
+            (1, 8, 8, 20, 2100),
         ] {
             let s = ConvShape {
                 n,

@@ -209,7 +209,7 @@ fn validate(
     let (mut total, mut total_psnr, mut n) = (0f64, 0f64, 0usize);
     for b in validation_batches(set, cfg) {
         let (noisy, clean, sigma) = to_tensors(&b, device)?;
-        let out = model.forward(&noisy, Some(&sigma), None)?;
+        let out = denoise_model::layers::inference(|| model.forward(&noisy, Some(&sigma), None))?;
         total += objective
             .validation_loss(&out, &clean)?
             .to_scalar::<f32>()? as f64
