@@ -103,8 +103,23 @@ impl Conv2d {
     }
 }
 
+type Flag = std::thread::LocalKey<std::cell::Cell<bool>>;
+
 thread_local! {
     static INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static REFERENCE_CONVS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's `flag` set, and restores it afterwards (on a panic too).
+fn with_flag<R>(flag: &'static Flag, f: impl FnOnce() -> R) -> R {
+    struct Reset(&'static Flag, bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            self.0.set(self.1);
+        }
+    }
+    let _reset = Reset(flag, flag.replace(true));
+    f()
 }
 
 /// Runs `f` (a forward pass on this thread) without recording a graph for gradients, as
@@ -114,14 +129,7 @@ thread_local! {
 /// dropped: `denoise generate` on one 512x512 image (the default cond-unet) peaked at 3.3 GB
 /// and took 8.8 s without it, 1.4 GB and 3.3 s with it.
 pub fn inference<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            INFERENCE.set(self.0);
-        }
-    }
-    let _reset = Reset(INFERENCE.replace(true));
-    f()
+    with_flag(&INFERENCE, f)
 }
 
 /// A parameter's tensor as the forward pass uses it: the variable itself, or, inside
@@ -148,21 +156,10 @@ fn use_cudnn() -> bool {
     *USE.get_or_init(|| std::env::var("DENOISE_CONV").map_or(true, |v| v != "candle"))
 }
 
-thread_local! {
-    static REFERENCE_CONVS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Runs `f` with every [`Conv2d`] built from candle's own ops and backward ([`reference_conv`])
 /// on this thread: the reference that a whole network's step with our kernels is checked against.
 pub fn with_reference_convs<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            REFERENCE_CONVS.set(self.0);
-        }
-    }
-    let _reset = Reset(REFERENCE_CONVS.replace(true));
-    f()
+    with_flag(&REFERENCE_CONVS, f)
 }
 
 /// The convolution on devices other than the CPU (CUDA). candle's `conv2d` (cuDNN with the
