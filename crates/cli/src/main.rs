@@ -351,7 +351,7 @@ struct GenerateArgs {
     /// for --random (the single images go into a folder named after it).
     #[arg(long)]
     out: PathBuf,
-    /// Images with more pixels than this are denoised in overlapping 256x256 tiles.
+    /// Images with more pixels than this are denoised in overlapping tiles of at most 256x256.
     #[arg(long, default_value_t = 512 * 512)]
     whole_limit: usize,
     /// Quality of .jpg outputs, 1 to 100 (the image crate's default, 75, adds visible

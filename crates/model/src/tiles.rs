@@ -1,8 +1,10 @@
 //! Denoising images of any size with bounded memory: overlapping tiles, smoothly blended.
 //!
 //! An image up to [`TileConfig::whole_limit`] pixels runs whole (reflect-padded to the
-//! network's multiple). A larger one is cut into `tile x tile` windows that overlap by
-//! `overlap` pixels; each window's output is weighted by a ramp that rises over the overlap
+//! network's multiple). A larger one is cut into windows of at most `tile x tile` that overlap
+//! by at least `overlap` pixels, as few as that allows along each axis and each only as long as
+//! they need to be to cover it ([`window_len`]: a 513-pixel side takes three 196-pixel windows,
+//! not three of 256); each window's output is weighted by a ramp that rises over the overlap
 //! (`(i + 1) / (overlap + 1)`, so never zero) and the weighted outputs are averaged. Memory is
 //! that of one window's forward pass plus the image itself.
 
@@ -43,6 +45,19 @@ pub fn starts(n: usize, tile: usize, overlap: usize) -> Vec<usize> {
         .collect();
     s.push(n - tile);
     s
+}
+
+/// The window length along an axis of `n` pixels: `n` when it fits in one `tile`, else the
+/// shortest length (rounded up to a multiple of `multiple`, at most `tile`) with which the fewest
+/// windows of at most `tile` still cover the axis while overlapping by `overlap`. Shorter windows
+/// repeat less work where they overlap.
+pub fn window_len(n: usize, tile: usize, overlap: usize, multiple: usize) -> usize {
+    if n <= tile {
+        return n;
+    }
+    let windows = (n - overlap).div_ceil((tile - overlap).max(1));
+    let len = (n + (windows - 1) * overlap).div_ceil(windows);
+    len.next_multiple_of(multiple.max(1)).min(tile)
 }
 
 /// Blending weight of position `i` in a window of length `len` with ramps of `overlap`.
@@ -91,7 +106,11 @@ pub fn denoise_image(
         progress(1, 1);
         return Ok(out);
     }
-    let (th, tw) = (cfg.tile.min(h), cfg.tile.min(w));
+    let m = model.size_multiple();
+    let (th, tw) = (
+        window_len(h, cfg.tile, cfg.overlap, m),
+        window_len(w, cfg.tile, cfg.overlap, m),
+    );
     let (ys, xs) = (starts(h, th, cfg.overlap), starts(w, tw, cfg.overlap));
     let total = ys.len() * xs.len();
     let mut acc = vec![0f32; c * h * w];
@@ -147,6 +166,21 @@ mod tests {
             assert_eq!(*s.last().unwrap() + 256, n);
             assert!(s.windows(2).all(|p| p[1] > p[0] && p[1] - p[0] <= 224));
         }
+        for (n, len, windows) in [
+            (513, 196, 3),
+            (768, 216, 4),
+            (1024, 232, 5),
+            (3000, 244, 14),
+            (4000, 256, 18),
+            (257, 148, 2),
+        ] {
+            assert_eq!(window_len(n, 256, 32, 4), len, "{n}");
+            let s = starts(n, len, 32);
+            assert_eq!(s.len(), windows, "{n}: {s:?}");
+            assert_eq!(*s.last().unwrap() + len, n);
+            assert!(s.windows(2).all(|p| p[1] - p[0] <= len - 32), "{n}: {s:?}");
+        }
+        assert_eq!(window_len(200, 256, 32, 4), 200);
         assert!(ramp(0, 256, 32) > 0.0);
         assert_eq!(ramp(100, 256, 32), 1.0);
     }
