@@ -372,7 +372,6 @@ const SHIPPED_MODEL: &str = concat!(
     "/../../models/cond-unet-cifar10.safetensors"
 );
 
-/// Loads a checkpoint (the shipped model when `path` is `None`) with its network in `dtype`.
 /// `--model`, or where it is left out, $DENOISE_MODEL or the shipped model.
 fn model_path(path: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = path {
@@ -391,6 +390,8 @@ fn model_path(path: Option<&Path>) -> Result<PathBuf> {
     Ok(p.canonicalize().unwrap_or(p))
 }
 
+/// Loads a checkpoint (the default of [`model_path`] when `path` is `None`) with its network in
+/// `dtype`.
 fn load_model(path: Option<&Path>, device: &Device, dtype: DtypeArg) -> Result<Model> {
     let path = model_path(path)?;
     let model = Model::load(&path, device)

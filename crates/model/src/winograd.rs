@@ -15,7 +15,10 @@
 //!
 //! Images are processed in groups of about `TILES_PER_GROUP` tiles so that the transformed
 //! tiles stay in cache between the transforms and the gemms. Groups run in parallel when there
-//! are at least as many as threads; otherwise the 16 gemms of a group run in parallel.
+//! are at least as many as threads; otherwise the 16 gemms of a group run in parallel. The
+//! forward pass of a plane of 1,024 tiles or more (64x64 pixels) runs in bands of whole tile
+//! rows instead, about `TILES_PER_GROUP` tiles each, all bands in parallel (`forward_bands`):
+//! a single large image keeps every thread busy in the transforms too.
 
 // The transforms index small fixed arrays by lane and by tile row and column.
 #![allow(clippy::needless_range_loop)]
