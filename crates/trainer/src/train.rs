@@ -457,13 +457,13 @@ fn train_locked(
                 set.w, set.h, config.arch
             )));
         }
-        let window = denoise_loss::Ssim::default().window;
-        if set.n > 0 && config.loss_kind() == LossKind::L1Ssim && set.h.min(set.w) < window {
-            return Err(TrainError::Config(format!(
-                "the {name} images are {}x{}: the l1-ssim loss needs at least {window}x{window} \
-                 pixels (SSIM's window)",
-                set.w, set.h
-            )));
+        if set.n > 0 && config.loss_kind() == LossKind::L1Ssim {
+            if let Err(TrainError::TooSmall { w, h, window }) = crate::eval::check_size(set) {
+                return Err(TrainError::Config(format!(
+                    "the {name} images are {w}x{h}: the l1-ssim loss needs at least \
+                     {window}x{window} pixels (SSIM's window)"
+                )));
+            }
         }
     }
     // The network of the training steps: the same weights, in the configured arithmetic.
