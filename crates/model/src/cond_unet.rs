@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::layers::{cast, dropout, Conv2d};
 use crate::norm::GroupNorm;
 use crate::params::{ParamStore, Rng64};
+use crate::resample::{avg_pool2x2, up2x};
 use crate::Result;
 
 /// The shape of a `cond-unet`; stored in every checkpoint.
@@ -232,21 +233,6 @@ impl Attention {
     }
 }
 
-/// 2x2 average pooling.
-fn down(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.mean(5)?.mean(3)?)
-}
-
-/// Nearest-neighbour 2x upsampling (a broadcast, so its backward sums each 2x2 block).
-fn up(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    Ok(x.reshape((n, c, h, 1, w, 1))?
-        .broadcast_as((n, c, h, 2, w, 2))?
-        .contiguous()?
-        .reshape((n, c, 2 * h, 2 * w))?)
-}
-
 /// The network. Build with [`CondUnet::new`]; [`CondUnet::denoise`] is `D(x; sigma)`.
 #[derive(Debug, Clone)]
 pub struct CondUnet {
@@ -406,7 +392,7 @@ impl CondUnet {
                 skips.push(h.clone());
             }
             if lvl + 1 < levels {
-                h = down(&h)?;
+                h = avg_pool2x2(&h)?;
             }
         }
         h = self.mid1.forward(&h, &emb, rng.as_deref_mut())?;
@@ -420,7 +406,7 @@ impl CondUnet {
                 h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, rng.as_deref_mut())?;
             }
             if i + 1 < levels {
-                h = up(&h)?;
+                h = up2x(&h)?;
             }
         }
         self.out.forward(&self.out_norm.forward(&h, true)?)

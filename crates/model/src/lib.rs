@@ -55,6 +55,7 @@ pub mod layers;
 pub mod norm;
 pub mod operands;
 pub mod params;
+pub mod resample;
 pub mod sampler;
 pub mod seed_unet;
 pub mod tiles;

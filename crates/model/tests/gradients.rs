@@ -405,3 +405,53 @@ fn seed_unet_has_the_original_parameter_count() {
     assert_eq!(net.vars().len(), 36);
     assert_eq!(net.vars()[0].0, "enc1.conv1.weight");
 }
+
+/// cond-unet's upsampling and average pooling (one parallel op each on the CPU) against the
+/// candle expressions they replace, forward and backward, in f64 and f32: planes smaller and
+/// larger than a task's share, a single plane, non-square planes.
+#[test]
+fn resample_ops_match_candle_ops() {
+    use denoise_model::resample::{avg_pool2x2, up2x};
+    for (dtype, tol) in [(DType::F64, 1e-15), (DType::F32, 1e-6)] {
+        for dims in [[2, 3, 4, 6], [1, 1, 2, 2], [3, 5, 64, 48], [1, 2, 130, 258]] {
+            let [n, c, h, w] = dims;
+            let x = Var::from_tensor(&rand(&dims, 11).to_dtype(dtype).unwrap()).unwrap();
+            let xt = x.as_tensor();
+            let candle_up = xt
+                .reshape((n, c, h, 1, w, 1))
+                .unwrap()
+                .broadcast_as((n, c, h, 2, w, 2))
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape((n, c, 2 * h, 2 * w))
+                .unwrap();
+            let candle_pool = xt
+                .reshape((n, c, h / 2, 2, w / 2, 2))
+                .unwrap()
+                .mean(5)
+                .unwrap()
+                .mean(3)
+                .unwrap();
+            for (ours, theirs, out_dims) in [
+                (up2x(xt).unwrap(), candle_up, [n, c, 2 * h, 2 * w]),
+                (avg_pool2x2(xt).unwrap(), candle_pool, [n, c, h / 2, w / 2]),
+            ] {
+                assert_eq!(ours.dims(), &out_dims);
+                assert!(max_rel(&ours, &theirs) < tol, "{dims:?} {dtype:?}");
+                let upstream = rand(&out_dims, 12).to_dtype(dtype).unwrap();
+                let grad = |y: &Tensor| {
+                    let g = (y * &upstream)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    g.get(xt).unwrap().clone()
+                };
+                let (g1, g2) = (grad(&ours), grad(&theirs));
+                assert!(max_rel(&g1, &g2) < tol, "gradient {dims:?} {dtype:?}");
+            }
+        }
+    }
+}
