@@ -93,15 +93,65 @@ fn ci() -> Result<()> {
     run(test)
 }
 
+/// `cargo xtask TASK --help` for the tasks that are xtask's own.
+fn task_help(task: &str) -> &'static str {
+    match task {
+        "ci" => {
+            "usage: cargo xtask ci
+
+What CI runs: `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D warnings`
+and `cargo test --workspace`, stopping at the first that fails."
+        }
+        "bench" => {
+            "usage: cargo xtask bench [--arch A]... [--repeats N] [--steps N] [--compare-torch]
+                         [--python PY] [--json FILE]
+
+Training (batch 64) and inference (batch 256) images/s of `denoise` on this machine's CPU
+(release build), median of the repeats, and the peak memory.
+
+  --arch A          seed-unet or cond-unet; repeat for both (default: both)
+  --repeats N       rounds per measurement (default 5)
+  --steps N         training steps or inference batches per round (default 3)
+  --compare-torch   time the same network in PyTorch eager too, alternating with ours, on the
+                    same number of threads, and print the ratios
+  --python PY       the Python with torch for --compare-torch (default $DENOISE_PYTHON or python3)
+  --json FILE       also write every number to FILE"
+        }
+        "gpu-bundle" => {
+            "usage: cargo xtask gpu-bundle [--data DIR] [--skip-build]
+
+Builds `denoise` with CUDA for sm_90 (an H100/H200) on this machine, which needs no GPU: CUDA 13.0
+comes from PyPI wheels into ~/.cache/denoise/cuda-13.0 (once; $DENOISE_CUDA_CACHE moves it).
+Lays out target/gpu-bundle/ (under 64 MiB): the binaries, gpu-check.sh, the PyTorch twin and a
+few thousand images. On the GPU machine: `cd gpu-bundle && bash gpu-check.sh` (docs/gpu.md).
+
+  --data DIR      the image folder with train/ and test/ to take the shipped images from
+                  (default ../data/cifar10-jpeg)
+  --skip-build    lay out the folder from the binaries already built"
+        }
+        _ => {
+            "usage: cargo xtask gpu-dry-run [--data DIR] [--python PATH]
+
+Runs gpu-check.sh end to end on the CPU (the CPU build standing in for the CUDA ones, a few
+steps of each part) to check the script before a GPU's minutes go into it; fails if any step
+failed.
+
+  --data DIR      as for gpu-bundle (default ../data/cifar10-jpeg)
+  --python PATH   a Python with torch for the PyTorch parts (default: python3 on the PATH)"
+        }
+    }
+}
+
 const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftest> [ARGS]
                                                     (release build of `denoise`, then the subcommand)
        cargo xtask ci                               (fmt --check, clippy -D warnings, tests)
-       cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--json FILE]
+       cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--python PY] [--json FILE]
                                                     (training and inference images/s, against PyTorch)
        cargo xtask gpu-bundle [--data DIR] [--skip-build]
                                                     (CUDA build for sm_90 + target/gpu-bundle/ with gpu-check.sh)
        cargo xtask gpu-dry-run [--data DIR] [--python PATH]
-                                                    (gpu-check.sh end to end on the CPU: checks the script)";
+                                                    (gpu-check.sh end to end on the CPU: checks the script)
+       cargo xtask TASK --help                      (the options of each)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -109,6 +159,16 @@ fn main() -> ExitCode {
         Some(sub @ ("train" | "eval" | "generate" | "export" | "info" | "selftest")) => {
             denoise(sub, &args[1..])
         }
+        Some(task @ ("ci" | "bench" | "gpu-bundle" | "gpu-dry-run"))
+            if args[1..].iter().any(|a| a == "-h" || a == "--help") =>
+        {
+            println!("{}", task_help(task));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("ci") if args.len() > 1 => Err(anyhow::anyhow!(
+            "ci: unexpected argument {} (it takes none)",
+            args[1]
+        )),
         Some("ci") => ci().map(|_| ExitCode::SUCCESS),
         Some("bench") => build_denoise()
             .and_then(|bin| bench::bench(&root(), &bin, &args[1..]))
@@ -126,6 +186,42 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each of xtask's own tasks has its help, and every option its parser accepts is in it.
+    #[test]
+    fn every_task_documents_its_options() {
+        for (task, options) in [
+            ("ci", &[][..]),
+            (
+                "bench",
+                &[
+                    "--arch",
+                    "--repeats",
+                    "--steps",
+                    "--compare-torch",
+                    "--python",
+                    "--json",
+                ][..],
+            ),
+            ("gpu-bundle", &["--data", "--skip-build"][..]),
+            ("gpu-dry-run", &["--data", "--python"][..]),
+        ] {
+            let help = task_help(task);
+            assert!(
+                help.starts_with(&format!("usage: cargo xtask {task}")),
+                "{task}"
+            );
+            for o in options {
+                assert!(help.contains(o), "{task} help lacks {o}");
+                assert!(USAGE.contains(o), "USAGE lacks {task} {o}");
+            }
         }
     }
 }

@@ -68,13 +68,16 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// The network: seed-unet or cond-unet.
     #[arg(long, default_value = "seed-unet")]
     arch: String,
     /// Network width (default: the architecture's).
     #[arg(long)]
     width: Option<usize>,
+    /// Images per training step (forward, loss, backward, Adam).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Images per inference batch.
     #[arg(long, default_value_t = 256)]
     infer_batch: usize,
     /// Image side.
@@ -293,6 +296,8 @@ struct EvalArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Images per batch through the network (memory grows with it; the noise drawn and the
+    /// scores stay the same, to rounding).
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Also evaluate with each image's noise level estimated from the noisy image.
