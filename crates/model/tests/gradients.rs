@@ -8,7 +8,7 @@ use denoise_model::params::ParamStore;
 use denoise_model::{SeedUnet, SeedUnetConfig};
 
 mod common;
-use common::{check_gradients, max_rel, rand};
+use common::{backward_from, check_gradients, max_rel, rand};
 
 /// Fused conv (forward, input, weight and bias gradients) against candle's conv2d + bias + ReLU.
 #[test]
@@ -64,15 +64,10 @@ fn assert_same_conv(
     what: &str,
 ) {
     assert!(max_rel(ours, theirs) < tol, "forward ({what})");
-    let grads = |y: &Tensor| {
-        (y * upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap()
-    };
-    let (g1, g2) = (grads(ours), grads(theirs));
+    let (g1, g2) = (
+        backward_from(ours, upstream),
+        backward_from(theirs, upstream),
+    );
     for (name, t) in ["x", "w", "b"].into_iter().zip(inputs) {
         let e = max_rel(g1.get(t).unwrap(), g2.get(t).unwrap());
         assert!(e < tol, "gradient of {name}: error {e} ({what})");
@@ -249,18 +244,10 @@ fn conv_transpose_matches_candle() {
         .broadcast_add(&up.bias.as_tensor().reshape((1, 4, 1, 1)).unwrap())
         .unwrap();
     assert!(max_rel(&ours, &theirs) < 1e-12);
-    let g1 = (ours * &upstream)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g2 = (theirs * &upstream)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g1, g2) = (
+        backward_from(&ours, &upstream),
+        backward_from(&theirs, &upstream),
+    );
     for t in [x.as_tensor(), up.weight.as_tensor(), up.bias.as_tensor()] {
         assert!(max_rel(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
     }
@@ -274,12 +261,7 @@ fn max_pool_gradient_goes_whole_to_the_maximum() {
     let reference = x.as_tensor().max_pool2d(2).unwrap();
     assert!(max_rel(&y, &reference) < 1e-15);
     let upstream = rand(&[2, 3, 3, 4], 8);
-    let g = (y * &upstream)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = backward_from(&y, &upstream);
     let g = g
         .get(x.as_tensor())
         .unwrap()
@@ -440,15 +422,7 @@ fn resample_ops_match_candle_ops() {
                 assert_eq!(ours.dims(), &out_dims);
                 assert!(max_rel(&ours, &theirs) < tol, "{dims:?} {dtype:?}");
                 let upstream = rand(&out_dims, 12).to_dtype(dtype).unwrap();
-                let grad = |y: &Tensor| {
-                    let g = (y * &upstream)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
-                    g.get(xt).unwrap().clone()
-                };
+                let grad = |y: &Tensor| backward_from(y, &upstream).get(xt).unwrap().clone();
                 let (g1, g2) = (grad(&ours), grad(&theirs));
                 assert!(max_rel(&g1, &g2) < tol, "gradient {dims:?} {dtype:?}");
             }

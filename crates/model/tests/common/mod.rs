@@ -30,6 +30,17 @@ pub fn vec64(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
+/// The gradients of `sum(y * upstream)`: the backward pass of everything `y` was computed from,
+/// with `upstream` as `y`'s gradient.
+pub fn backward_from(y: &Tensor, upstream: &Tensor) -> candle_core::backprop::GradStore {
+    (y * upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 /// `max |a - b| / max |b|`.
 pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (vec64(a), vec64(b));
