@@ -5,7 +5,7 @@
 //! forward and backward; on the CPU (f32 and f64) each is here one op that runs over the planes
 //! in parallel. The two are each other's adjoint up to a factor: the gradient of an upsampling
 //! sums each 2x2 block of the output's gradient, that of a pooling spreads a quarter of it over
-//! the block, so one op ([`Resample2x`]) with a direction and a scale serves all four passes.
+//! the block, so one op (`Resample2x`) with a direction and a scale serves all four passes.
 //! Other devices and half precision keep candle's ops (on CUDA those are single kernels already).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
