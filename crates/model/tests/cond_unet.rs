@@ -61,6 +61,18 @@ fn fused_group_norm_matches_candle_ops() {
     }
 }
 
+/// Sets the last layer's parameters (`out.*`) to uniform values in `[-scale, scale)` from
+/// `seed`, so that the output depends on the whole network, as after training (cond-unet's
+/// last layer starts at zero).
+fn randomize_output_layer(vars: &[(String, Var)], seed: u64, scale: f64) {
+    for (name, var) in vars {
+        if name.starts_with("out.") {
+            let values = (rand(var.dims(), seed) * scale).unwrap();
+            var.set(&values.to_dtype(DType::F32).unwrap()).unwrap();
+        }
+    }
+}
+
 fn tiny(attention: bool) -> CondUnetConfig {
     CondUnetConfig {
         base: 4,
@@ -167,17 +179,7 @@ fn tiles_blend_back_into_the_whole_image() {
     let Model::CondUnet(net) = &model else {
         unreachable!()
     };
-    for (name, var) in net.vars() {
-        if name.starts_with("out.") {
-            var.set(
-                &(rand(var.dims(), 5) * 0.05)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap(),
-            )
-            .unwrap();
-        }
-    }
+    randomize_output_layer(net.vars(), 5, 0.05);
     let a = denoise_image(&model, &img, (3, h, w), 0.1, &whole, &mut |_, _| {}).unwrap();
     let b = denoise_image(&model, &img, (3, h, w), 0.1, &tiled, &mut |_, _| {}).unwrap();
     let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
@@ -291,17 +293,7 @@ fn inference_records_no_graph_and_gives_the_same_output() {
         }),
     ] {
         let model = Model::new(&config, &Device::Cpu, 3).unwrap();
-        for (name, var) in model.vars() {
-            if name.starts_with("out.") {
-                var.set(
-                    &(rand(var.dims(), 7) * 0.3)
-                        .unwrap()
-                        .to_dtype(DType::F32)
-                        .unwrap(),
-                )
-                .unwrap();
-            }
-        }
+        randomize_output_layer(model.vars(), 7, 0.3);
         let x = rand(&[2, 3, 16, 16], 8)
             .affine(0.2, 0.5)
             .unwrap()
