@@ -58,6 +58,7 @@ pub mod params;
 pub mod resample;
 pub mod sampler;
 pub mod seed_unet;
+mod simd;
 pub mod tiles;
 pub mod winograd;
 

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::layers::param;
 use crate::params::ParamStore;
+use crate::simd::Level;
 use crate::Result;
 
 /// `GroupNorm(groups, channels)` with learned per-channel scale and shift (initialised to 1
@@ -218,15 +219,10 @@ fn stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Whether the CPU runs the AVX2 + FMA copies of the per-group loops.
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
 /// Defines `fn $name` that runs `$body` (which must be `#[inline(always)]`, as everything it
-/// calls) compiled for AVX2 + FMA where the CPU has them, so that its loops run 8 f32 wide.
-macro_rules! avx2_copy {
+/// calls) compiled for AVX-512 or AVX2 + FMA where the CPU has them ([`Level`]), so that its
+/// loops run 16 or 8 f32 wide. The arithmetic, and so the result, is the same in every copy.
+macro_rules! simd_copy {
     (fn $name:ident => $body:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
         fn $name<T: Real>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
@@ -235,20 +231,27 @@ macro_rules! avx2_copy {
                 $body::<T>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has the features `avx2` is compiled for.
-                return unsafe { avx2::<T>($($arg),*) };
+            #[target_feature(enable = "avx,avx2,fma,avx512f")]
+            fn avx512<T: Real>($($arg: $ty),*) -> $ret {
+                $body::<T>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            match Level::get() {
+                // SAFETY: the CPU has the features each copy is compiled for.
+                Level::Avx512 => return unsafe { avx512::<T>($($arg),*) },
+                Level::Avx2 => return unsafe { avx2::<T>($($arg),*) },
+                Level::Baseline => {}
             }
             $body::<T>($($arg),*)
         }
     };
 }
 
-avx2_copy!(fn forward_group => forward_group_body(
+simd_copy!(fn forward_group => forward_group_body(
     op: &FusedGroupNorm, o: &mut [T], xg: &[T], gamma: &[T], beta: &[T], hw: usize,
 ) -> ());
 
-avx2_copy!(fn backward_group => backward_group_body(
+simd_copy!(fn backward_group => backward_group_body(
     op: &FusedGroupNorm, dxg: &mut [T], xg: &[T], dg: &[T], gamma: &[T], beta: &[T], hw: usize,
 ) -> Vec<(f64, f64)>);
 
@@ -653,6 +656,45 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512, AVX2 and baseline copies of the per-group loops give the same bits,
+    /// forward and backward (with and without SiLU).
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        use crate::simd::Level;
+        let _lock = crate::simd::TEST_LOCK.lock();
+        let dev = candle_core::Device::Cpu;
+        let mut store = ParamStore::new(&dev, 3);
+        let norm = GroupNorm::new(&mut store, "n", 24).unwrap();
+        let x = Tensor::randn(0.5f32, 2.0, (3, 24, 7, 9), &dev).unwrap();
+        let x = Var::from_tensor(&x).unwrap();
+        let run = |level: Level, silu: bool| {
+            level.run(|| {
+                let y = norm.forward(x.as_tensor(), silu).unwrap();
+                let loss = (&y * &y).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap();
+                [
+                    y,
+                    g.get(&x).unwrap().clone(),
+                    g.get(&norm.gamma).unwrap().clone(),
+                ]
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            })
+        };
+        for silu in [false, true] {
+            let levels = Level::all();
+            let first = run(levels[0], silu);
+            for &level in &levels[1..] {
+                let other = run(level, silu);
+                for (a, b) in first.iter().zip(&other) {
+                    assert!(
+                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "silu {silu}: differs at {level:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {

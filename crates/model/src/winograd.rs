@@ -26,6 +26,7 @@
 use rayon::prelude::*;
 
 use crate::cpu_conv::{gemm, threads, ConvShape, Float};
+use crate::simd::Level;
 
 /// Tiles per group; each group's transformed input is `16 x c_in x tiles` values.
 const TILES_PER_GROUP: usize = 512;
@@ -101,9 +102,11 @@ fn a<T: Float>(y: [T; 2]) -> [T; 4] {
     [y[0], y[0] + y[1], y[0] - y[1], T::ZERO - y[1]]
 }
 
-/// Most tiles handled together in the transforms: one AVX register of f32. The transforms run
-/// `N` = 8 lanes, or 4 where a plane is 4 tiles wide (8x8), so that lanes are seldom partial.
-const L: usize = 8;
+/// Most tiles handled together in the transforms: one AVX-512 register of f32. The transforms
+/// run `N` = 16 lanes on planes at least 16 tiles wide (32x32) where the CPU has AVX-512 (f32
+/// only), 4 where a plane is 4 tiles wide (8x8), and 8 otherwise, so that lanes are seldom
+/// partial and fill a register.
+const L: usize = 16;
 
 /// Distance between the 16 matrices of a transformed layout holding `len` values each: a little
 /// more than `len`, so that the 16 streams a transform reads or writes at once do not all fall
@@ -193,9 +196,10 @@ fn tile_2d<T: Float, const K: usize, const N: usize>(
     out
 }
 
-/// Defines `fn $name` that runs `$body` with 8 or 4 lanes (see [`L`]), compiled for AVX2 where
-/// the CPU has it so that the lanes are one register wide. `$body` and everything it calls are
-/// `#[inline(always)]`, so that they are compiled into the AVX2 copy.
+/// Defines `fn $name` that runs `$body` with 16, 8 or 4 lanes (see [`L`]), compiled for
+/// AVX-512 or AVX2 where the CPU has them ([`Level`]) so that the lanes are one register wide.
+/// `$body` and everything it calls are `#[inline(always)]`, so that they are compiled into each
+/// copy. The lanes are tiles, each computed alone, so the lane count changes no result.
 macro_rules! simd_fn {
     ($(#[$doc:meta])* fn $name:ident => $body:ident ($s:ident: $sty:ty, $($arg:ident: $ty:ty),* $(,)?)) => {
         $(#[$doc])*
@@ -205,20 +209,30 @@ macro_rules! simd_fn {
             fn avx2<T: Float, const N: usize>($s: $sty, $($arg: $ty),*) {
                 $body::<T, N>($s, $($arg),*)
             }
-            fn run<T: Float, const N: usize>($s: $sty, $($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2::<T, N>($s, $($arg),*) };
-                }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx,avx2,fma,avx512f")]
+            fn avx512<T: Float, const N: usize>($s: $sty, $($arg: $ty),*) {
                 $body::<T, N>($s, $($arg),*)
             }
-            if tiles($s).1 <= 4 {
-                run::<T, 4>($s, $($arg),*)
+            fn run<T: Float, const N: usize>(level: Level, $s: $sty, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                match level {
+                    // SAFETY: the CPU has the features each copy is compiled for.
+                    Level::Avx512 => return unsafe { avx512::<T, N>($s, $($arg),*) },
+                    Level::Avx2 => return unsafe { avx2::<T, N>($s, $($arg),*) },
+                    Level::Baseline => {}
+                }
+                let _ = level;
+                $body::<T, N>($s, $($arg),*)
+            }
+            let level = Level::get();
+            let tw = tiles($s).1;
+            if tw <= 4 {
+                run::<T, 4>(level, $s, $($arg),*)
+            } else if tw >= L && level == Level::Avx512 && std::mem::size_of::<T>() == 4 {
+                run::<T, L>(level, $s, $($arg),*)
             } else {
-                run::<T, L>($s, $($arg),*)
+                run::<T, 8>(level, $s, $($arg),*)
             }
         }
     };
@@ -455,7 +469,7 @@ fn transform_output_grad_body<T: Float, const N: usize>(
             let plane = (img * co + o) * p..(img * co + o + 1) * p;
             let src = &dy[plane.clone()];
             let out = relu_out.map(|r| &r[plane]);
-            let mut sum = [T::ZERO; 2 * L];
+            let mut sum = [[T::ZERO; 16]; 2];
             for ty in 0..th {
                 let base = o * t + (img * th + ty) * tw;
                 for k0 in (0..tw).step_by(N) {
@@ -485,8 +499,13 @@ fn transform_output_grad_body<T: Float, const N: usize>(
                                 }
                             }
                         }
-                        for (acc, g) in sum.iter_mut().zip(&il) {
-                            *acc += *g;
+                        // 16 sums per tile row whatever the lane count, each adding the same
+                        // values in the same order, so that the bias gradient does not
+                        // depend on it.
+                        for half in il[..2 * N].chunks(16) {
+                            for (acc, g) in sum[r].iter_mut().zip(half) {
+                                *acc += *g;
+                            }
                         }
                         for l in 0..N {
                             gr[0][l] = il[2 * l];
@@ -502,7 +521,7 @@ fn transform_output_grad_body<T: Float, const N: usize>(
                     }
                 }
             }
-            for g in sum {
+            for g in sum.into_iter().flatten() {
                 db[o] += g;
             }
         }
@@ -532,6 +551,8 @@ fn transform_input_grad_body<T: Float, const N: usize>(
             pad[..ph * pw].fill(T::ZERO);
             for ty in 0..th {
                 let base = c * t + (img * th + ty) * tw;
+                // The last lane's right half, added after the next lanes' left halves.
+                let mut carry = [[T::ZERO; 2]; 4];
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
                     // Lanes past `n` load as zeros and add nothing.
@@ -540,16 +561,28 @@ fn transform_input_grad_body<T: Float, const N: usize>(
                         let at_ = (2 * ty + i) * pw + 2 * k0;
                         let row = &mut pad[at_..at_ + 2 * N + 2];
                         // Tile k covers columns 2k .. 2k + 4: two passes, so that no pass
-                        // writes a column twice.
+                        // writes a column twice. A column shared by tiles k - 1 and k gets
+                        // tile k's part first, then tile k - 1's, at every lane count (so the
+                        // sums, and the bits, do not depend on it): the last lane's right half
+                        // waits for the next group of lanes.
                         for l in 0..N {
                             row[2 * l] += dd[i][0][l];
                             row[2 * l + 1] += dd[i][1][l];
                         }
-                        for l in 0..N {
+                        row[0] += carry[i][0];
+                        row[1] += carry[i][1];
+                        for l in 0..N - 1 {
                             row[2 * l + 2] += dd[i][2][l];
                             row[2 * l + 3] += dd[i][3][l];
                         }
+                        carry[i] = [dd[i][2][N - 1], dd[i][3][N - 1]];
                     }
+                }
+                // The plane's last tile, if the last group of lanes was full.
+                let end = 2 * tw.next_multiple_of(N);
+                for (i, [c0, c1]) in carry.into_iter().enumerate() {
+                    pad[(2 * ty + i) * pw + end] += c0;
+                    pad[(2 * ty + i) * pw + end + 1] += c1;
                 }
             }
             let dst = &mut dx[(img * ci + c) * p..(img * ci + c + 1) * p];
@@ -822,4 +855,65 @@ pub fn backward_with<T: Float>(
         }
     }
     (dx, kernel_grads(s, &du), db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every SIMD copy of the transforms, at its own lane count (4, 8 or 16 tiles), gives the
+    /// same bits: the lanes are tiles, each computed alone, and the bias gradient is summed in
+    /// the same order whatever the lane count.
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let _lock = crate::simd::TEST_LOCK.lock();
+        // Planes 4, 8, 16 and 35 tiles wide (the last with partial lanes), and one in bands.
+        for (n, c_in, c_out, h, w) in [
+            (3, 8, 16, 8, 8),
+            (2, 16, 8, 16, 14),
+            (2, 8, 8, 32, 32),
+            (1, 8, 12, 9, 70),
+            (1, 8, 8, 66, 64),
+        ] {
+            let s = ConvShape {
+                n,
+                c_in,
+                c_out,
+                h,
+                w,
+                k: 3,
+            };
+            // Fixed pseudo-random values in [-1, 1).
+            let vals = |len: usize, seed: u32| -> Vec<f32> {
+                (0..len as u32)
+                    .map(|i| {
+                        let v = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
+                        v as f32 / 2_147_483_648.0 - 1.0
+                    })
+                    .collect()
+            };
+            let x = vals(n * c_in * h * w, 1);
+            let k = vals(c_out * c_in * 9, 2);
+            let b = vals(c_out, 3);
+            let dy = vals(n * c_out * h * w, 4);
+            let run = |level: Level| {
+                level.run(|| {
+                    let y = forward(&s, &x, &k, &b, true);
+                    let (dx, dw, db) = backward(&s, &x, &k, &dy);
+                    [y, dx, dw, db]
+                })
+            };
+            let levels = Level::all();
+            let first = run(levels[0]);
+            for &level in &levels[1..] {
+                let other = run(level);
+                for (name, a, b) in [("y", 0), ("dx", 1), ("dw", 2), ("db", 3)]
+                    .map(|(name, i)| (name, &first[i], &other[i]))
+                {
+                    let same = a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{name} of {s:?} differs at {level:?}");
+                }
+            }
+        }
+    }
 }
