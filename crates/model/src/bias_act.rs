@@ -5,10 +5,11 @@
 //! layer. Here it is one pass forward and one backward (the masked gradient and the bias
 //! gradient together). On the CPU the loops below; on CUDA (feature `cuda`) the kernels of
 //! `kernels/bias_act.cu`, the same arithmetic. The device convolutions use it
-//! ([`crate::layers::device_conv`], [`crate::layers::cudnn_conv`]); the CPU convolution fuses
-//! bias and ReLU into its own kernels.
+//! ([`crate::layers::device_conv`], [`crate::layers::cudnn_conv`]), and `ConvTranspose2x2`
+//! everywhere; the CPU convolution fuses bias and ReLU into its own kernels.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::cpu_conv::Float;
 use crate::operands::{binary, BinaryKernel};
@@ -93,36 +94,58 @@ impl BinaryKernel for Backward {
 
 fn forward<T: Float>(y: &[T], b: &[T], plane: usize, relu: bool) -> Vec<T> {
     let c = b.len();
-    let mut out = Vec::with_capacity(y.len());
-    for (p, rows) in y.chunks(plane).enumerate() {
+    let mut out = vec![T::ZERO; y.len()];
+    let run = |(p, (o, rows)): (usize, (&mut [T], &[T]))| {
         let bias = b[p % c];
-        out.extend(rows.iter().map(|&v| {
+        for (o, &v) in o.iter_mut().zip(rows) {
             let v = v + bias;
-            if relu && v <= T::ZERO {
-                T::ZERO
-            } else {
-                v
-            }
-        }));
+            *o = if relu && v <= T::ZERO { T::ZERO } else { v };
+        }
+    };
+    if y.len() >= PARALLEL_FROM {
+        out.par_chunks_mut(plane)
+            .zip(y.par_chunks(plane))
+            .enumerate()
+            .for_each(run);
+    } else {
+        out.chunks_mut(plane)
+            .zip(y.chunks(plane))
+            .enumerate()
+            .for_each(run);
     }
     out
 }
+
+/// Tensors from this many values up are done in parallel over their planes.
+const PARALLEL_FROM: usize = 1 << 16;
 
 fn backward<T: Float>(grad: &[T], out: &[T], plane: usize, c: usize, relu: bool) -> Vec<T> {
     let numel = grad.len();
     let mut packed = vec![T::ZERO; numel + c];
     let (dy, db) = packed.split_at_mut(numel);
-    for (p, (d, (g, o))) in dy
-        .chunks_mut(plane)
-        .zip(grad.chunks(plane).zip(out.chunks(plane)))
-        .enumerate()
-    {
+    // Each plane's masked gradient and its sum; the sums are added per channel in plane order,
+    // so that the bias gradient does not depend on the threads.
+    let run = |(d, (g, o)): (&mut [T], (&[T], &[T]))| {
         let mut acc = T::ZERO;
         for ((d, &g), &o) in d.iter_mut().zip(g).zip(o) {
             let passes = !relu || o > T::ZERO;
             *d = if passes { g } else { T::ZERO };
             acc += *d;
         }
+        acc
+    };
+    let sums: Vec<T> = if numel >= PARALLEL_FROM {
+        dy.par_chunks_mut(plane)
+            .zip(grad.par_chunks(plane).zip(out.par_chunks(plane)))
+            .map(run)
+            .collect()
+    } else {
+        dy.chunks_mut(plane)
+            .zip(grad.chunks(plane).zip(out.chunks(plane)))
+            .map(run)
+            .collect()
+    };
+    for (p, acc) in sums.into_iter().enumerate() {
         db[p % c] += acc;
     }
     packed

@@ -230,26 +230,30 @@ fn winograd_f32_error_is_close_to_im2col() {
     }
 }
 
+/// Small, and large enough (over 65,536 outputs) for the bias op to run over the planes in
+/// parallel.
 #[test]
 fn conv_transpose_matches_candle() {
-    let mut store = ParamStore::with_dtype(&Device::Cpu, DType::F64, 4);
-    let up = ConvTranspose2x2::new(&mut store, "up", 6, 4).unwrap();
-    let x = Var::from_tensor(&rand(&[3, 6, 4, 5], 5)).unwrap();
-    let upstream = rand(&[3, 4, 8, 10], 6);
-    let ours = up.forward(x.as_tensor()).unwrap();
-    let theirs = x
-        .as_tensor()
-        .conv_transpose2d(up.weight.as_tensor(), 0, 0, 2, 1)
-        .unwrap()
-        .broadcast_add(&up.bias.as_tensor().reshape((1, 4, 1, 1)).unwrap())
-        .unwrap();
-    assert!(max_rel(&ours, &theirs) < 1e-12);
-    let (g1, g2) = (
-        backward_from(&ours, &upstream),
-        backward_from(&theirs, &upstream),
-    );
-    for t in [x.as_tensor(), up.weight.as_tensor(), up.bias.as_tensor()] {
-        assert!(max_rel(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
+    for (n, h, w) in [(3, 4, 5), (2, 64, 72)] {
+        let mut store = ParamStore::with_dtype(&Device::Cpu, DType::F64, 4);
+        let up = ConvTranspose2x2::new(&mut store, "up", 6, 4).unwrap();
+        let x = Var::from_tensor(&rand(&[n, 6, h, w], 5)).unwrap();
+        let upstream = rand(&[n, 4, 2 * h, 2 * w], 6);
+        let ours = up.forward(x.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv_transpose2d(up.weight.as_tensor(), 0, 0, 2, 1)
+            .unwrap()
+            .broadcast_add(&up.bias.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_rel(&ours, &theirs) < 1e-12);
+        let (g1, g2) = (
+            backward_from(&ours, &upstream),
+            backward_from(&theirs, &upstream),
+        );
+        for t in [x.as_tensor(), up.weight.as_tensor(), up.bias.as_tensor()] {
+            assert!(max_rel(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
+        }
     }
 }
 
