@@ -4,8 +4,8 @@
 //! plain Rust over small arrays and compiled more than once: for the baseline target (SSE2, 4
 //! f32 wide), for AVX2 + FMA (8 wide) and for AVX-512 (16 wide), each copy entered through
 //! [`Level::get`]. `DENOISE_SIMD=avx2` (or `sse2`) in the environment caps the level, to compare
-//! the copies on one machine; the results do not depend on it beyond rounding (the kernels pick
-//! their lane counts from it; see `winograd`).
+//! the copies on one machine. The kernels pick their lane counts from it, and give the same bits
+//! at every level (`every_simd_level_gives_the_same_bits` in `winograd` and `norm`).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;

@@ -867,7 +867,7 @@ mod tests {
     #[test]
     fn every_simd_level_gives_the_same_bits() {
         let _lock = crate::simd::TEST_LOCK.lock();
-        // Planes 4, 8, 16 and 35 tiles wide (the last with partial lanes), and one in bands.
+        // Planes 4, 7, 16 and 35 tiles wide (the last with partial lanes), and one in bands.
         for (n, c_in, c_out, h, w) in [
             (3, 8, 16, 8, 8),
             (2, 16, 8, 16, 14),
