@@ -135,17 +135,18 @@ fn valid_cols(w: usize, dx: isize) -> (usize, usize, usize) {
     (x0.min(w), x1, s0)
 }
 
-/// Columns of images `x[g]` (each `c_in x h x w`): `(c_in k k) x (g h w)`, row-major.
-fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T]) {
+/// Columns of images `x[g]` (each `c_in x h x w`): `(c_in k k) x (g h w)`, row-major. With
+/// `par`, the channels are filled in parallel.
+fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T], par: bool) {
     let (h, w, k) = (s.h, s.w, s.k);
     let p = s.plane();
     let width = g * p;
     let pad = (k / 2) as isize;
-    for c in 0..s.c_in {
+    // The k x k rows of channel `c`.
+    let channel = |(c, rows): (usize, &mut [T])| {
         for ky in 0..k {
             for kx in 0..k {
-                let row = (c * k + ky) * k + kx;
-                let dst_row = &mut cols[row * width..(row + 1) * width];
+                let dst_row = &mut rows[(ky * k + kx) * width..(ky * k + kx + 1) * width];
                 let dx = kx as isize - pad;
                 for img in 0..g {
                     let src = &x[img * s.c_in * p + c * p..img * s.c_in * p + (c + 1) * p];
@@ -168,41 +169,96 @@ fn im2col<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T]) {
                 }
             }
         }
+    };
+    let cols = &mut cols[..s.c_in * k * k * width];
+    if par {
+        cols.par_chunks_mut(k * k * width)
+            .enumerate()
+            .for_each(channel);
+    } else {
+        cols.chunks_mut(k * k * width).enumerate().for_each(channel);
     }
 }
 
-/// Adds columns back into images (the adjoint of [`im2col`]): `dx[g] += col2im(cols)`.
-fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T]) {
+/// [`im2col`] transposed: `(g h w) x (c_in k k)`, one row per output pixel, so that the weight
+/// gradient's gemm (summing over pixels) reads both operands without packing. With `par`, the
+/// images are filled in parallel.
+fn im2col_t<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T], par: bool) {
     let (h, w, k) = (s.h, s.w, s.k);
-    let p = s.plane();
-    let width = g * p;
+    let (p, kd) = (s.plane(), s.kdim());
     let pad = (k / 2) as isize;
-    for c in 0..s.c_in {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = (c * k + ky) * k + kx;
-                let src_row = &cols[row * width..(row + 1) * width];
-                let dxo = kx as isize - pad;
-                for img in 0..g {
-                    let src = &src_row[img * p..(img + 1) * p];
-                    let dst = &mut dx[img * s.c_in * p + c * p..img * s.c_in * p + (c + 1) * p];
-                    for y in 0..h {
+    let image = |(img, rows): (usize, &mut [T])| {
+        let src = &x[img * s.c_in * p..(img + 1) * s.c_in * p];
+        for y in 0..h {
+            for xo in 0..w {
+                let row = &mut rows[(y * w + xo) * kd..(y * w + xo + 1) * kd];
+                for c in 0..s.c_in {
+                    let plane = &src[c * p..(c + 1) * p];
+                    for ky in 0..k {
+                        let out = &mut row[(c * k + ky) * k..(c * k + ky + 1) * k];
                         let sy = y as isize + ky as isize - pad;
                         if sy < 0 || sy >= h as isize {
+                            out.fill(T::ZERO);
                             continue;
                         }
-                        let (x0, x1, s0) = valid_cols(w, dxo);
-                        if x1 <= x0 {
-                            continue;
-                        }
-                        let drow = &mut dst[sy as usize * w + s0..sy as usize * w + s0 + (x1 - x0)];
-                        for (d, v) in drow.iter_mut().zip(&src[y * w + x0..y * w + x1]) {
-                            *d += *v;
+                        let srow = &plane[sy as usize * w..(sy as usize + 1) * w];
+                        for (kx, o) in out.iter_mut().enumerate() {
+                            let sx = xo as isize + kx as isize - pad;
+                            *o = if sx < 0 || sx >= w as isize {
+                                T::ZERO
+                            } else {
+                                srow[sx as usize]
+                            };
                         }
                     }
                 }
             }
         }
+    };
+    let cols = &mut cols[..g * p * kd];
+    if par {
+        cols.par_chunks_mut(p * kd).enumerate().for_each(image);
+    } else {
+        cols.chunks_mut(p * kd).enumerate().for_each(image);
+    }
+}
+
+/// Adds columns back into images (the adjoint of [`im2col`]): `dx[g] += col2im(cols)`.
+fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T], par: bool) {
+    let (h, w, k) = (s.h, s.w, s.k);
+    let p = s.plane();
+    let width = g * p;
+    let pad = (k / 2) as isize;
+    // Plane `q` of `dx`: image `q / c_in`, channel `q % c_in`, from that channel's k x k rows.
+    let plane = |(q, dst): (usize, &mut [T])| {
+        let (img, c) = (q / s.c_in, q % s.c_in);
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = (c * k + ky) * k + kx;
+                let src = &cols[row * width + img * p..row * width + (img + 1) * p];
+                let dxo = kx as isize - pad;
+                for y in 0..h {
+                    let sy = y as isize + ky as isize - pad;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    let (x0, x1, s0) = valid_cols(w, dxo);
+                    if x1 <= x0 {
+                        continue;
+                    }
+                    let drow = &mut dst[sy as usize * w + s0..sy as usize * w + s0 + (x1 - x0)];
+                    for (d, v) in drow.iter_mut().zip(&src[y * w + x0..y * w + x1]) {
+                        *d += *v;
+                    }
+                }
+            }
+        }
+    };
+    let dx = &mut dx[..g * s.c_in * p];
+    if par {
+        dx.par_chunks_mut(p).enumerate().for_each(plane);
+    } else {
+        dx.chunks_mut(p).enumerate().for_each(plane);
     }
 }
 
@@ -226,7 +282,7 @@ pub fn forward_im2col<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: 
         let n0 = gi * g;
         let gn = g.min(s.n - n0);
         let mut cols = vec![T::ZERO; kd * gn * p];
-        im2col(s, &x[n0 * s.c_in * p..], gn, &mut cols);
+        im2col(s, &x[n0 * s.c_in * p..], gn, &mut cols, !par_groups);
         let mut tmp = vec![T::ZERO; co * gn * p];
         gemm(
             co,
@@ -325,7 +381,10 @@ pub fn backward_im2col<T: Float>(
             }
         }
         let mut cols = vec![T::ZERO; kd * gn * p];
-        im2col(s, &x[n0 * s.c_in * p..], gn, &mut cols);
+        // The columns transposed, one row per pixel: with both operands contiguous along the
+        // pixels that it sums over, gemm packs one first (512 -> 512 at 4x4: 15.3 ms against
+        // 10.9 ms this way).
+        im2col_t(s, &x[n0 * s.c_in * p..], gn, &mut cols, !par_groups);
         // dw (c_out x kd) = gy (c_out x gn p) * cols^T (gn p x kd)
         let mut dw = vec![T::ZERO; co * kd];
         gemm(
@@ -338,8 +397,8 @@ pub fn backward_im2col<T: Float>(
             gn * p,
             1,
             &cols,
+            kd,
             1,
-            gn * p,
             !par_groups,
         );
         // dcols (kd x gn p) = w^T (kd x c_out) * gy (c_out x gn p), reusing the columns buffer
@@ -357,7 +416,7 @@ pub fn backward_im2col<T: Float>(
             1,
             !par_groups,
         );
-        col2im(s, &cols, gn, dx_chunk);
+        col2im(s, &cols, gn, dx_chunk, !par_groups);
         (dw, db)
     };
     let add = |mut a: (Vec<T>, Vec<T>), b: (Vec<T>, Vec<T>)| {
