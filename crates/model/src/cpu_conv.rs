@@ -202,6 +202,12 @@ fn im2col_t<T: Float>(s: &ConvShape, x: &[T], g: usize, cols: &mut [T], par: boo
                             continue;
                         }
                         let srow = &plane[sy as usize * w..(sy as usize + 1) * w];
+                        let sx0 = xo as isize - pad;
+                        if sx0 >= 0 && sx0 as usize + k <= w {
+                            // Inside the image: k neighbours in a row.
+                            out.copy_from_slice(&srow[sx0 as usize..sx0 as usize + k]);
+                            continue;
+                        }
                         for (kx, o) in out.iter_mut().enumerate() {
                             let sx = xo as isize + kx as isize - pad;
                             *o = if sx < 0 || sx >= w as isize {
