@@ -346,7 +346,9 @@ pub fn backward<T: Float>(
     backward_im2col(s, x, w, dy, relu_out)
 }
 
-/// [`backward`] by im2col + gemm, for every kernel size.
+/// [`backward`] by im2col + gemm, for every kernel size. Layers with fewer output channels than
+/// input channels (and an odd kernel) take the columns of the output gradient instead
+/// ([`backward_out_cols`]).
 pub fn backward_im2col<T: Float>(
     s: &ConvShape,
     x: &[T],
@@ -354,6 +356,9 @@ pub fn backward_im2col<T: Float>(
     dy: &[T],
     relu_out: Option<&[T]>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if s.c_out < s.c_in && s.k % 2 == 1 {
+        return backward_out_cols(s, x, w, dy, relu_out);
+    }
     let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
     let g = s.group();
     let groups = s.n.div_ceil(g);
@@ -449,5 +454,111 @@ pub fn backward_im2col<T: Float>(
             .map(run)
             .fold(zero(), add)
     };
+    (dx, dw, db)
+}
+
+/// [`backward_im2col`] from the columns of the output gradient: `c_out k k` rows per pixel
+/// where the input's have `c_in k k`, so that a layer such as a network's last (64 -> 3
+/// channels) does not write and read nine copies of its input. With `G` those columns of one
+/// image (the gradient shifted by `pad - ky`, `pad - kx`, as [`im2col`] shifts by the flipped
+/// offsets) and `W'[c][(o, ky, kx)] = w[o][c][k-1-ky][k-1-kx]`:
+/// `dx = W' G` and `dW' = Σ_images x Gᵀ`. Odd kernels only (`pad = (k - 1) / 2`).
+fn backward_out_cols<T: Float>(
+    s: &ConvShape,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    relu_out: Option<&[T]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (p, k, ci, co) = (s.plane(), s.k, s.c_in, s.c_out);
+    let kd = co * k * k;
+    let flip =
+        |o: usize, c: usize, ky: usize, kx: usize| ((o * ci + c) * k + k - 1 - ky) * k + k - 1 - kx;
+    let mut wr = vec![T::ZERO; ci * kd];
+    for o in 0..co {
+        for c in 0..ci {
+            for ky in 0..k {
+                for kx in 0..k {
+                    wr[c * kd + (o * k + ky) * k + kx] = w[flip(o, c, ky, kx)];
+                }
+            }
+        }
+    }
+    // The gradient as the input of a convolution with `c_out` channels, for `im2col`.
+    let gs = ConvShape {
+        c_in: co,
+        c_out: ci,
+        ..*s
+    };
+    let par_images = s.n >= threads();
+    let mut dx = vec![T::ZERO; s.n * ci * p];
+    // One image: its dx in place; returns its dW' and its bias gradient.
+    let image = |(img, dxi): (usize, &mut [T])| -> (Vec<T>, Vec<T>) {
+        let planes = img * co * p..(img + 1) * co * p;
+        let mut g = dy[planes.clone()].to_vec();
+        if let Some(out) = relu_out {
+            for (d, r) in g.iter_mut().zip(&out[planes]) {
+                let positive = *r > T::ZERO;
+                if !positive {
+                    *d = T::ZERO;
+                }
+            }
+        }
+        let mut db = vec![T::ZERO; co];
+        for (o, plane) in g.chunks(p).enumerate() {
+            let mut acc = T::ZERO;
+            for v in plane {
+                acc += *v;
+            }
+            db[o] = acc;
+        }
+        let mut cols = vec![T::ZERO; kd * p];
+        im2col(&gs, &g, 1, &mut cols, !par_images);
+        // dx (c_in x p) = W' (c_in x kd) * G (kd x p)
+        gemm(ci, p, kd, dxi, false, &wr, kd, 1, &cols, p, 1, !par_images);
+        // dW' (c_in x kd) = x (c_in x p) * G^T (p x kd)
+        let mut dwr = vec![T::ZERO; ci * kd];
+        let xi = &x[img * ci * p..(img + 1) * ci * p];
+        gemm(
+            ci,
+            kd,
+            p,
+            &mut dwr,
+            false,
+            xi,
+            p,
+            1,
+            &cols,
+            1,
+            p,
+            !par_images,
+        );
+        (dwr, db)
+    };
+    // Summed in image order, so that results do not depend on thread scheduling.
+    let parts: Vec<(Vec<T>, Vec<T>)> = if par_images {
+        dx.par_chunks_mut(ci * p).enumerate().map(image).collect()
+    } else {
+        dx.chunks_mut(ci * p).enumerate().map(image).collect()
+    };
+    let (mut dwr, mut db) = (vec![T::ZERO; ci * kd], vec![T::ZERO; co]);
+    for (a, b) in parts {
+        for (x, y) in dwr.iter_mut().zip(&a) {
+            *x += *y;
+        }
+        for (x, y) in db.iter_mut().zip(&b) {
+            *x += *y;
+        }
+    }
+    let mut dw = vec![T::ZERO; co * ci * k * k];
+    for o in 0..co {
+        for c in 0..ci {
+            for ky in 0..k {
+                for kx in 0..k {
+                    dw[flip(o, c, ky, kx)] = dwr[c * kd + (o * k + ky) * k + kx];
+                }
+            }
+        }
+    }
     (dx, dw, db)
 }

@@ -21,6 +21,9 @@ fn fused_conv_matches_candle_conv() {
             (2, 1, false, 6, 3, 8),
             (5, 3, true, 3, 4, 32),
             (3, 3, true, 2, 3, 24),
+            // Fewer outputs than inputs (the gradient's columns): a last layer, a 5x5 kernel.
+            (3, 3, true, 16, 3, 12),
+            (2, 5, false, 6, 2, 9),
             // Winograd (3x3, at least 8 channels, planes from 8x8): even and odd planes.
             (2, 3, true, 8, 12, 8),
             (3, 3, false, 16, 8, 9),
