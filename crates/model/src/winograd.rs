@@ -359,13 +359,7 @@ fn transform_input_body<T: Float, const N: usize>(
                 let base = c * t + (img * nr + r) * tw;
                 for k0 in (0..tw).step_by(N) {
                     let n = N.min(tw - k0);
-                    // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
-                    let mut d = [[T::ZERO; N]; 16];
-                    for i in 0..4 {
-                        let cols = tile_cols(&pad[(2 * r + i) * pw..(2 * r + i + 1) * pw], k0);
-                        d[4 * i..4 * i + 4].copy_from_slice(&cols);
-                    }
-                    for (i, row) in tile_2d(bt, &d).iter().enumerate() {
+                    for (i, row) in input_tiles::<T, N>(pad, pw, r, k0).iter().enumerate() {
                         for (j, val) in row.iter().enumerate() {
                             store(v, (i * 4 + j) * stride + base + k0, n, val);
                         }
@@ -374,6 +368,23 @@ fn transform_input_body<T: Float, const N: usize>(
             }
         }
     }
+}
+
+/// `V = Bᵀ d B` of tiles `k0 .. k0 + N` of tile row `r` of a padded plane (rows `pw` wide).
+#[inline(always)]
+fn input_tiles<T: Float, const N: usize>(
+    pad: &[T],
+    pw: usize,
+    r: usize,
+    k0: usize,
+) -> [[[T; N]; 4]; 4] {
+    // (No `array::from_fn` in these bodies: its closures are not compiled for AVX2.)
+    let mut d = [[T::ZERO; N]; 16];
+    for i in 0..4 {
+        let cols = tile_cols(&pad[(2 * r + i) * pw..(2 * r + i + 1) * pw], k0);
+        d[4 * i..4 * i + 4].copy_from_slice(&cols);
+    }
+    tile_2d(bt, &d)
 }
 
 simd_fn! {
@@ -409,12 +420,7 @@ fn transform_input_t_body<T: Float, const N: usize>(
                 // previous channel's, in the same cache lines.
                 for c in 0..ci {
                     let pad = &pads[c * plane..(c + 1) * plane];
-                    let mut d = [[T::ZERO; N]; 16];
-                    for i in 0..4 {
-                        let cols = tile_cols(&pad[(2 * r + i) * pw..(2 * r + i + 1) * pw], k0);
-                        d[4 * i..4 * i + 4].copy_from_slice(&cols);
-                    }
-                    for (i, row) in tile_2d(bt, &d).iter().enumerate() {
+                    for (i, row) in input_tiles::<T, N>(pad, pw, r, k0).iter().enumerate() {
                         for (j, val) in row.iter().enumerate() {
                             let at = (i * 4 + j) * stride + tile0 * ci + c;
                             for l in 0..n {
