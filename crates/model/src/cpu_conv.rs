@@ -347,8 +347,8 @@ pub fn backward<T: Float>(
 }
 
 /// [`backward`] by im2col + gemm, for every kernel size. Layers with fewer output channels than
-/// input channels (and an odd kernel) take the columns of the output gradient instead
-/// ([`backward_out_cols`]).
+/// input channels (and an odd kernel) take the columns of the output gradient instead: `c_out k
+/// k` rows per pixel, not `c_in k k`.
 pub fn backward_im2col<T: Float>(
     s: &ConvShape,
     x: &[T],
