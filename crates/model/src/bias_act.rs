@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_conv::Float;
+use crate::cpu_conv::{masked_plane, Float};
 use crate::operands::{binary, BinaryKernel};
 use crate::Result;
 
@@ -125,15 +125,7 @@ fn backward<T: Float>(grad: &[T], out: &[T], plane: usize, c: usize, relu: bool)
     let (dy, db) = packed.split_at_mut(numel);
     // Each plane's masked gradient and its sum; the sums are added per channel in plane order,
     // so that the bias gradient does not depend on the threads.
-    let run = |(d, (g, o)): (&mut [T], (&[T], &[T]))| {
-        let mut acc = T::ZERO;
-        for ((d, &g), &o) in d.iter_mut().zip(g).zip(o) {
-            let passes = !relu || o > T::ZERO;
-            *d = if passes { g } else { T::ZERO };
-            acc += *d;
-        }
-        acc
-    };
+    let run = |(d, (g, o)): (&mut [T], (&[T], &[T]))| masked_plane(d, g, relu.then_some(o));
     let sums: Vec<T> = if numel >= PARALLEL_FROM {
         dy.par_chunks_mut(plane)
             .zip(grad.par_chunks(plane).zip(out.par_chunks(plane)))

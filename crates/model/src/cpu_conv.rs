@@ -346,6 +346,43 @@ pub fn backward<T: Float>(
     backward_im2col(s, x, w, dy, relu_out)
 }
 
+/// `dst = grad`, zeroed where `out` (a ReLU's output, if given) is not positive (PyTorch's
+/// rule; NaN counts as not positive); returns the sum of `dst`, added in order.
+pub(crate) fn masked_plane<T: Float>(dst: &mut [T], grad: &[T], out: Option<&[T]>) -> T {
+    dst.copy_from_slice(grad);
+    if let Some(out) = out {
+        for (d, r) in dst.iter_mut().zip(out) {
+            let positive = *r > T::ZERO;
+            if !positive {
+                *d = T::ZERO;
+            }
+        }
+    }
+    let mut acc = T::ZERO;
+    for v in dst.iter() {
+        acc += *v;
+    }
+    acc
+}
+
+/// The sums of per-group partial gradients `(dw, db)`, added in the order given (so that
+/// results do not depend on thread scheduling), into `lens` zeros.
+fn sum_parts<T: Float>(
+    parts: impl IntoIterator<Item = (Vec<T>, Vec<T>)>,
+    lens: (usize, usize),
+) -> (Vec<T>, Vec<T>) {
+    let (mut dw, mut db) = (vec![T::ZERO; lens.0], vec![T::ZERO; lens.1]);
+    for (a, b) in parts {
+        for (x, y) in dw.iter_mut().zip(&a) {
+            *x += *y;
+        }
+        for (x, y) in db.iter_mut().zip(&b) {
+            *x += *y;
+        }
+    }
+    (dw, db)
+}
+
 /// [`backward`] by im2col + gemm, for every kernel size. Layers with fewer output channels than
 /// input channels (and an odd kernel) take the columns of the output gradient instead: `c_out k
 /// k` rows per pixel, not `c_in k k`.
@@ -395,20 +432,8 @@ fn backward_in_cols<T: Float>(
             for o in 0..co {
                 let plane = ((n0 + img) * co + o) * p..((n0 + img) * co + o + 1) * p;
                 let dst = &mut gy[o * gn * p + img * p..o * gn * p + (img + 1) * p];
-                dst.copy_from_slice(&dy[plane.clone()]);
-                if let Some(out) = relu_out {
-                    for (d, r) in dst.iter_mut().zip(&out[plane]) {
-                        let positive = *r > T::ZERO;
-                        if !positive {
-                            *d = T::ZERO;
-                        }
-                    }
-                }
-                let mut acc = T::ZERO;
-                for v in dst.iter() {
-                    acc += *v;
-                }
-                db[o] += acc;
+                let out = relu_out.map(|r| &r[plane.clone()]);
+                db[o] += masked_plane(dst, &dy[plane], out);
             }
         }
         let mut cols = vec![T::ZERO; kd * gn * p];
@@ -450,29 +475,18 @@ fn backward_in_cols<T: Float>(
         col2im(s, &cols, gn, dx_chunk, !par_groups);
         (dw, db)
     };
-    let add = |mut a: (Vec<T>, Vec<T>), b: (Vec<T>, Vec<T>)| {
-        for (x, y) in a.0.iter_mut().zip(&b.0) {
-            *x += *y;
-        }
-        for (x, y) in a.1.iter_mut().zip(&b.1) {
-            *x += *y;
-        }
-        a
-    };
-    let zero = || (vec![T::ZERO; co * kd], vec![T::ZERO; co]);
     let (dw, db) = if par_groups {
-        // Summed in group order, so that results do not depend on thread scheduling.
         let parts: Vec<(Vec<T>, Vec<T>)> = dx
             .par_chunks_mut(g * s.c_in * p)
             .enumerate()
             .map(run)
             .collect();
-        parts.into_iter().fold(zero(), add)
+        sum_parts(parts, (co * kd, co))
     } else {
-        dx.chunks_mut(g * s.c_in * p)
-            .enumerate()
-            .map(run)
-            .fold(zero(), add)
+        sum_parts(
+            dx.chunks_mut(g * s.c_in * p).enumerate().map(run),
+            (co * kd, co),
+        )
     };
     (dx, dw, db)
 }
@@ -513,33 +527,20 @@ fn backward_out_cols<T: Float>(
     };
     // Groups of `per_part` images, each with its partial weight gradient; in parallel when
     // there are enough, else their gemms are.
-    let gsz = per_part;
-    let groups = s.n.div_ceil(gsz);
-    let par_groups = groups >= threads();
+    let par_groups = s.n.div_ceil(per_part) >= threads();
     let mut dx = vec![T::ZERO; s.n * ci * p];
     // One group: its images' dx in place; returns its dW' and its bias gradient.
     let group = |(gi, dxg): (usize, &mut [T])| -> (Vec<T>, Vec<T>) {
         let mut dwr = vec![T::ZERO; ci * kd];
         let mut db = vec![T::ZERO; co];
         let mut cols = vec![T::ZERO; kd * p];
+        let mut g = vec![T::ZERO; co * p];
         for (i, dxi) in dxg.chunks_mut(ci * p).enumerate() {
-            let img = gi * gsz + i;
-            let planes = img * co * p..(img + 1) * co * p;
-            let mut g = dy[planes.clone()].to_vec();
-            if let Some(out) = relu_out {
-                for (d, r) in g.iter_mut().zip(&out[planes]) {
-                    let positive = *r > T::ZERO;
-                    if !positive {
-                        *d = T::ZERO;
-                    }
-                }
-            }
-            for (o, plane) in g.chunks(p).enumerate() {
-                let mut acc = T::ZERO;
-                for v in plane {
-                    acc += *v;
-                }
-                db[o] += acc;
+            let img = gi * per_part + i;
+            for (o, dst) in g.chunks_mut(p).enumerate() {
+                let plane = (img * co + o) * p..(img * co + o + 1) * p;
+                let out = relu_out.map(|r| &r[plane.clone()]);
+                db[o] += masked_plane(dst, &dy[plane], out);
             }
             im2col(&gs, &g, 1, &mut cols, !par_groups);
             // dx (c_in x p) = W' (c_in x kd) * G (kd x p)
@@ -563,24 +564,14 @@ fn backward_out_cols<T: Float>(
         }
         (dwr, db)
     };
-    // Summed in group order, so that results do not depend on thread scheduling.
-    let parts: Vec<(Vec<T>, Vec<T>)> = if par_groups {
-        dx.par_chunks_mut(gsz * ci * p)
-            .enumerate()
-            .map(group)
-            .collect()
+    let chunk = per_part * ci * p;
+    let (dwr, db) = if par_groups {
+        let parts: Vec<(Vec<T>, Vec<T>)> =
+            dx.par_chunks_mut(chunk).enumerate().map(group).collect();
+        sum_parts(parts, (ci * kd, co))
     } else {
-        dx.chunks_mut(gsz * ci * p).enumerate().map(group).collect()
+        sum_parts(dx.chunks_mut(chunk).enumerate().map(group), (ci * kd, co))
     };
-    let (mut dwr, mut db) = (vec![T::ZERO; ci * kd], vec![T::ZERO; co]);
-    for (a, b) in parts {
-        for (x, y) in dwr.iter_mut().zip(&a) {
-            *x += *y;
-        }
-        for (x, y) in db.iter_mut().zip(&b) {
-            *x += *y;
-        }
-    }
     let mut dw = vec![T::ZERO; co * ci * k * k];
     for o in 0..co {
         for c in 0..ci {
@@ -614,15 +605,7 @@ mod tests {
                 w,
                 k,
             };
-            // Fixed pseudo-random values in [-1, 1).
-            let vals = |len: usize, seed: u64| -> Vec<f64> {
-                (0..len as u64)
-                    .map(|i| {
-                        let v = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-                        v as f64 / (1u64 << 52) as f64 - 1.0
-                    })
-                    .collect()
-            };
+            let vals = crate::test_values;
             let x = vals(n * c_in * h * w, 1);
             let wt = vals(c_out * c_in * k * k, 2);
             let dy = vals(n * c_out * h * w, 3);

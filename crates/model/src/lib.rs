@@ -483,6 +483,17 @@ pub fn reflect_pad(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     Ok(x)
 }
 
+/// Fixed pseudo-random values in `[-1, 1)` from `seed`, for the unit tests' inputs.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f64> {
+    (0..len as u64)
+        .map(|i| {
+            let v = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+            v as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

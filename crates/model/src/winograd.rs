@@ -947,13 +947,10 @@ mod tests {
                 w,
                 k: 3,
             };
-            // Fixed pseudo-random values in [-1, 1).
-            let vals = |len: usize, seed: u32| -> Vec<f32> {
-                (0..len as u32)
-                    .map(|i| {
-                        let v = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
-                        v as f32 / 2_147_483_648.0 - 1.0
-                    })
+            let vals = |len: usize, seed: u64| -> Vec<f32> {
+                crate::test_values(len, seed)
+                    .into_iter()
+                    .map(|v| v as f32)
                     .collect()
             };
             let x = vals(n * c_in * h * w, 1);
