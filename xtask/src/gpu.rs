@@ -76,29 +76,56 @@ fn toolkit(cache: &Path) -> Result<PathBuf> {
     Ok(nvidia)
 }
 
+/// The driver functions that cudarc (the version the CUDA build resolves to) may load: read from
+/// its sources, which `cargo metadata` downloads when they are not yet in the registry (a fresh
+/// machine has never built with `cuda`).
 fn cudarc_driver_functions() -> Result<Vec<String>> {
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    for reg in std::fs::read_dir(cargo_home.join("registry/src"))?.flatten() {
-        for krate in std::fs::read_dir(reg.path())?.flatten() {
-            let name = krate.file_name().to_string_lossy().into_owned();
-            if name.starts_with("cudarc-") {
-                let src = std::fs::read_to_string(krate.path().join("src/driver/sys/mod.rs"))?;
-                let mut names: Vec<String> = src
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("pub unsafe fn cu"))
-                    .map(|rest| format!("cu{}", rest.split('(').next().unwrap_or("")))
-                    .collect();
-                names.sort();
-                names.dedup();
-                return Ok(names);
-            }
-        }
+    let out = crate::cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--features",
+            "denoise-cli/cuda",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata --features denoise-cli/cuda failed ({})",
+            out.status
+        );
     }
-    bail!("cudarc's sources are not in the cargo registry: run `cargo fetch` first")
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading cargo metadata's JSON")?;
+    let manifest = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "cudarc")
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("cargo metadata lists no cudarc package with --features denoise-cli/cuda")?;
+    let sys = Path::new(manifest)
+        .parent()
+        .context("cudarc's manifest path has no folder")?
+        .join("src/driver/sys/mod.rs");
+    let src = std::fs::read_to_string(&sys)
+        .with_context(|| format!("reading cudarc's driver bindings {}", sys.display()))?;
+    let mut names: Vec<String> = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub unsafe fn cu"))
+        .map(|rest| format!("cu{}", rest.split('(').next().unwrap_or("")))
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        bail!(
+            "{} declares no `pub unsafe fn cu...`: cudarc's layout changed",
+            sys.display()
+        );
+    }
+    Ok(names)
 }
 
 fn cuda_home(cache: &Path, nvidia: &Path) -> Result<PathBuf> {
