@@ -1138,6 +1138,52 @@ fn shipped_model_works_without_training() {
         db(&den)
     );
 
+    // A gray picture (read as three equal channels): its noise level estimated too (it came
+    // out 0, and the picture unchanged, before the estimator counted repeated channels once),
+    // and the network told twice that level (`tiles::GRAY_SIGMA_FACTOR`; told the level
+    // itself it gained 3.2 dB here).
+    let gray = image::GrayImage::from_fn(w, h, |x, y| image::Luma([noisy.get_pixel(x, y).0[1]]));
+    let gp = tmp.path().join("noisy-gray.png");
+    gray.save(&gp).unwrap();
+    let gout = tmp.path().join("clean-gray.png");
+    let text = ok(&[
+        "generate",
+        "--image",
+        gp.to_str().unwrap(),
+        "--out",
+        gout.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let sigma: f64 = text
+        .split("noise sigma ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no estimated sigma in {text}"));
+    assert!((20.0..30.0).contains(&sigma), "{text}");
+    let gden = image::open(&gout).unwrap().to_luma8();
+    let gdb = |a: &image::GrayImage| {
+        let mse = a
+            .pixels()
+            .zip(clean.pixels())
+            .map(|(x, y)| (x.0[0] as f64 - y.0[1] as f64).powi(2))
+            .sum::<f64>()
+            / (w * h) as f64;
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    };
+    eprintln!(
+        "shipped model, gray: sigma {sigma} estimated, noisy {:.2} dB, denoised {:.2} dB",
+        gdb(&gray),
+        gdb(&gden)
+    );
+    assert!(
+        gdb(&gden) > gdb(&gray) + 6.0,
+        "gray: noisy {:.2} dB, denoised {:.2} dB",
+        gdb(&gray),
+        gdb(&gden)
+    );
+
     // The same with the network in bf16: within 0.1 dB of f32.
     let out16 = tmp.path().join("clean-bf16.png");
     ok(&[

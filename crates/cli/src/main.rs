@@ -808,6 +808,16 @@ fn denoise_file(
             "estimated",
         ),
     };
+    let min = denoise_data::estimate::MIN_SIDE;
+    if a.sigma.is_none() && model.is_conditioned() && (pic.h < min || pic.w < min) {
+        tracing::warn!(
+            "{}: {}x{} pixels are too few to estimate the noise level from (at least {min}x{min}): \
+             denoising as if there were none; pass --sigma to give it",
+            input.display(),
+            pic.w,
+            pic.h
+        );
+    }
     if !model.is_conditioned() && a.sigma.is_some() {
         tracing::warn!(
             "{} is a blind denoiser: --sigma is ignored",

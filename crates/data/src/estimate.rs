@@ -8,12 +8,28 @@
 //! `sigma^2`. [`estimate_sigma_mad`] is Donoho's wavelet estimator (the median absolute
 //! diagonal Haar detail / 0.6745), kept as a fast alternative.
 
+/// The smallest height and width [`estimate_sigma`] can estimate from (its smallest patch).
+pub const MIN_SIDE: usize = 4;
+
 /// Noise level estimate, on the image's own value scale, of a `(c, h, w)` image.
-/// Returns 0 for images too small to have any `patch x patch` window.
+/// Returns 0 for images smaller than [`MIN_SIDE`] on either side. Channels that repeat an
+/// earlier one (a gray picture stored as RGB) count once: their copies would add patch
+/// directions without noise, and so eigenvalues of 0, and the estimate would come out 0.
 pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
-    let p = if h.min(w) >= 64 { 7 } else { 4 };
+    let p = if h.min(w) >= 64 { 7 } else { MIN_SIDE };
     if h < p || w < p || c == 0 {
         return 0.0;
+    }
+    let plane = |ch: usize| &img[ch * h * w..(ch + 1) * h * w];
+    let mut kept: Vec<usize> = Vec::with_capacity(c);
+    for ch in 0..c {
+        if !kept.iter().any(|&k| plane(k) == plane(ch)) {
+            kept.push(ch);
+        }
+    }
+    if kept.len() < c {
+        let distinct: Vec<f32> = kept.iter().flat_map(|&k| plane(k)).copied().collect();
+        return estimate_sigma(&distinct, (kept.len(), h, w));
     }
     let dim = c * p * p;
     // At most about 40,000 patches: a regular stride on large images.

@@ -74,3 +74,31 @@ fn clean_flat_images_have_no_noise_and_mad_agrees_on_flat_noise() {
     assert!((mad - 0.1).abs() < 0.01, "{mad}");
     assert_eq!(estimate_sigma(&[0.5; 3], (3, 1, 1)), 0.0);
 }
+
+/// A gray picture stored as three equal channels (as `denoise generate` reads one) gets the
+/// estimate of its single channel; it used to get 0, and so no denoising at all.
+#[test]
+fn repeated_channels_count_once() {
+    for sigma in [10.0f64, 25.0] {
+        let clean = textured(48, 40, 1);
+        let mut rng = rng_for(&[3, sigma as u64]);
+        let gray = add_gaussian(&clean[..48 * 40], (sigma / 255.0) as f32, &mut rng);
+        let one = estimate_sigma(&gray, (1, 48, 40)) * 255.0;
+        let rgb: Vec<f32> = gray.iter().chain(&gray).chain(&gray).copied().collect();
+        let three = estimate_sigma(&rgb, (3, 48, 40)) * 255.0;
+        assert!((one - sigma).abs() / sigma < 0.15, "sigma {sigma}: {one}");
+        assert_eq!(one, three);
+        // Two distinct channels of three: the repeated one is dropped, not the others.
+        let other = add_gaussian(
+            &clean[48 * 40..2 * 48 * 40],
+            (sigma / 255.0) as f32,
+            &mut rng,
+        );
+        let two: Vec<f32> = gray.iter().chain(&other).chain(&gray).copied().collect();
+        let distinct: Vec<f32> = gray.iter().chain(&other).copied().collect();
+        assert_eq!(
+            estimate_sigma(&two, (3, 48, 40)),
+            estimate_sigma(&distinct, (2, 48, 40))
+        );
+    }
+}

@@ -70,8 +70,25 @@ fn ramp(i: usize, len: usize, overlap: usize) -> f32 {
     up.min(down).min(1.0)
 }
 
+/// How much higher a noise level a conditioned network is told for a gray picture (all
+/// channels equal) than the picture's own. The networks learned noise drawn independently in
+/// each channel; a gray picture's noise is the same in all three, so along the gray axis it is
+/// `√3` times stronger than independent noise of its level (and across the colours there is
+/// none). Told the picture's own level, the network leaves most of the noise in. Measured with
+/// the shipped cond-unet on 40 CIFAR-10 test images turned gray, PSNR in dB at noise 15 / 25 /
+/// 50 for factors 1, 1.5, √3, 2 and 2.5: 27.28 / 23.39 / 19.17, 28.91 / 25.20 / 21.03, 29.30 /
+/// 25.82 / 21.83, 29.29 / 26.15 / 22.48 and 28.46 / 25.74 / 22.23 (noisy: 24.6 / 20.2 / 14.2).
+pub const GRAY_SIGMA_FACTOR: f64 = 2.0;
+
+/// Whether all `c` planes of `img` are equal (a gray picture stored as RGB); false for one.
+pub fn is_gray(img: &[f32], c: usize) -> bool {
+    let plane = img.len() / c.max(1);
+    c > 1 && (1..c).all(|k| img[k * plane..(k + 1) * plane] == img[..plane])
+}
+
 /// Denoises one image `(c, h, w)` (values around `[0, 1]`, `c` the model's channels) at noise
-/// level `sigma` (pixel scale); returns the denoised image clipped to `[0, 1]`. `progress` gets
+/// level `sigma` (pixel scale); returns the denoised image clipped to `[0, 1]`. A gray picture
+/// (all channels equal) is denoised at `sigma` times [`GRAY_SIGMA_FACTOR`]. `progress` gets
 /// `(windows done, windows)`.
 pub fn denoise_image(
     model: &Model,
@@ -95,6 +112,11 @@ pub fn denoise_image(
             cfg.overlap
         )));
     }
+    let sigma = if is_gray(img, c) {
+        sigma * GRAY_SIGMA_FACTOR
+    } else {
+        sigma
+    };
     let device = model.device().clone();
     let run = |x: Tensor| -> Result<Vec<f32>> {
         let y = model.denoise_any_size(&x.to_device(&device)?, &[sigma])?;
