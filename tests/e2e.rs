@@ -104,6 +104,18 @@ fn cifar_binary(root: &Path) -> PathBuf {
     root.join("cifar")
 }
 
+/// PSNR in dB of 8-bit values `a` against `b`.
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -1105,38 +1117,26 @@ fn shipped_model_works_without_training() {
     let np = tmp.path().join("noisy.png");
     noisy.save(&np).unwrap();
     let out = tmp.path().join("clean.png");
-    let text = ok(&[
-        "generate",
-        "--image",
-        np.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let generate = |input: &Path, out: &Path, extra: &[&str]| {
+        let (input, out) = (input.to_str().unwrap(), out.to_str().unwrap());
+        let args = [
+            "generate", "--image", input, "--out", out, "--device", "cpu",
+        ];
+        ok(&[&args[..], extra].concat())
+    };
+    let text = generate(&np, &out, &[]);
     assert!(text.contains("estimated"), "{text}");
     let den = image::open(&out).unwrap().to_rgb8();
-    let db = |a: &image::RgbImage| {
-        let mse = a
-            .as_raw()
-            .iter()
-            .zip(clean.as_raw())
-            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-            .sum::<f64>()
-            / a.as_raw().len() as f64;
-        10.0 * (255.0f64 * 255.0 / mse).log10()
+    let db = |a: &image::RgbImage| psnr(a.as_raw(), clean.as_raw());
+    // At least 6 dB cleaner.
+    let gains = |what: &str, noisy: f64, den: f64| {
+        eprintln!("shipped model, {what}: noisy {noisy:.2} dB, denoised {den:.2} dB");
+        assert!(
+            den > noisy + 6.0,
+            "{what}: noisy {noisy:.2} dB, denoised {den:.2} dB"
+        );
     };
-    eprintln!(
-        "shipped model: noisy {:.2} dB, denoised {:.2} dB",
-        db(&noisy),
-        db(&den)
-    );
-    assert!(
-        db(&den) > db(&noisy) + 6.0,
-        "noisy {:.2} dB, denoised {:.2} dB",
-        db(&noisy),
-        db(&den)
-    );
+    gains("RGB", db(&noisy), db(&den));
 
     // A gray picture (read as three equal channels): its noise level estimated too (it came
     // out 0, and the picture unchanged, before the estimator counted repeated channels once),
@@ -1146,15 +1146,7 @@ fn shipped_model_works_without_training() {
     let gp = tmp.path().join("noisy-gray.png");
     gray.save(&gp).unwrap();
     let gout = tmp.path().join("clean-gray.png");
-    let text = ok(&[
-        "generate",
-        "--image",
-        gp.to_str().unwrap(),
-        "--out",
-        gout.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let text = generate(&gp, &gout, &[]);
     let sigma: f64 = text
         .split("noise sigma ")
         .nth(1)
@@ -1163,40 +1155,17 @@ fn shipped_model_works_without_training() {
         .unwrap_or_else(|| panic!("no estimated sigma in {text}"));
     assert!((20.0..30.0).contains(&sigma), "{text}");
     let gden = image::open(&gout).unwrap().to_luma8();
-    let gdb = |a: &image::GrayImage| {
-        let mse = a
-            .pixels()
-            .zip(clean.pixels())
-            .map(|(x, y)| (x.0[0] as f64 - y.0[1] as f64).powi(2))
-            .sum::<f64>()
-            / (w * h) as f64;
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    };
-    eprintln!(
-        "shipped model, gray: sigma {sigma} estimated, noisy {:.2} dB, denoised {:.2} dB",
-        gdb(&gray),
-        gdb(&gden)
-    );
-    assert!(
-        gdb(&gden) > gdb(&gray) + 6.0,
-        "gray: noisy {:.2} dB, denoised {:.2} dB",
-        gdb(&gray),
-        gdb(&gden)
+    let gclean: Vec<u8> = clean.pixels().map(|p| p.0[1]).collect();
+    let what = format!("gray, sigma {sigma} estimated");
+    gains(
+        &what,
+        psnr(gray.as_raw(), &gclean),
+        psnr(gden.as_raw(), &gclean),
     );
 
     // The same with the network in bf16: within 0.1 dB of f32.
     let out16 = tmp.path().join("clean-bf16.png");
-    ok(&[
-        "generate",
-        "--image",
-        np.to_str().unwrap(),
-        "--out",
-        out16.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-        "--device",
-        "cpu",
-    ]);
+    generate(&np, &out16, &["--dtype", "bf16"]);
     let den16 = image::open(&out16).unwrap().to_rgb8();
     assert!(
         (db(&den16) - db(&den)).abs() < 0.1,
