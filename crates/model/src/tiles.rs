@@ -75,8 +75,8 @@ fn ramp(i: usize, len: usize, overlap: usize) -> f32 {
 /// each channel; a gray picture's noise is the same in all three, so along the gray axis it is
 /// `√3` times stronger than independent noise of its level (and across the colours there is
 /// none). Told the picture's own level, the network leaves most of the noise in. Measured with
-/// the shipped cond-unet on 40 CIFAR-10 test images turned gray, PSNR in dB at noise 15 / 25 /
-/// 50 for factors 1, 1.5, √3, 2 and 2.5: 27.28 / 23.39 / 19.17, 28.91 / 25.20 / 21.03, 29.30 /
+/// the shipped cond-unet on 40 CIFAR-10 test images turned gray, the true level given, PSNR in
+/// dB at noise 15 / 25 / 50 for factors 1, 1.5, √3, 2 and 2.5: 27.28 / 23.39 / 19.17, 28.91 / 25.20 / 21.03, 29.30 /
 /// 25.82 / 21.83, 29.29 / 26.15 / 22.48 and 28.46 / 25.74 / 22.23 (noisy: 24.6 / 20.2 / 14.2).
 pub const GRAY_SIGMA_FACTOR: f64 = 2.0;
 
