@@ -171,6 +171,11 @@ print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
 print("cond-unet vs PyTorch FP32, train/infer:", summary["cond_unet_train_ratio_vs_pytorch"], summary["cond_unet_infer_ratio_vs_pytorch"])
 print("vs PyTorch bf16 autocast, train/infer:", summary["bf16"]["train_ratio_vs_pytorch_bf16"], summary["bf16"]["infer_ratio_vs_pytorch_bf16"])
+def phases(r):
+    p = r.get("train_phases_ms") or {}
+    return "/".join("%.1f" % p[k] if k in p else "?" for k in ["forward_ms", "loss_ms", "backward_ms", "optimizer_ms"])
+print("seed-unet FP32 step, ms forward/loss/backward/optimizer: denoise", phases(ours),
+      "denoise-cudnn", phases(ours_cudnn), "PyTorch", phases(torch_))
 PY
 }
 

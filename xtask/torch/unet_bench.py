@@ -415,12 +415,34 @@ def main():
             infer_step()
         sync()
         inf.append(a.steps * a.infer_batch / (time.perf_counter() - t))
+    # A training step phase by phase, in a round of its own, synchronised after each phase (as
+    # denoise bench's train_phases_ms).
+    ms = [0.0] * 4
+    for _ in range(a.steps):
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        laps = []
+        with autocast():
+            out = model(noisy, sigma)
+        out = out.float()
+        sync(); laps.append(time.perf_counter())
+        loss = 0.84 * (1 - ssim(out, clean, win)) + 0.16 * F.l1_loss(out, clean)
+        sync(); laps.append(time.perf_counter())
+        loss.backward()
+        sync(); laps.append(time.perf_counter())
+        opt.step()
+        sync(); laps.append(time.perf_counter())
+        for i, end in enumerate(laps):
+            ms[i] += (end - (laps[i - 1] if i else t)) * 1e3
+    phases = {k: v / a.steps for k, v in zip(["forward_ms", "loss_ms", "backward_ms", "optimizer_ms"], ms)}
     print(json.dumps({
         "framework": "pytorch", "arch": a.arch, "version": torch.__version__, "device": str(dev),
         "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
         "train_batch": a.batch, "infer_batch": a.infer_batch, "tf32": a.tf32,
         "dtype": a.dtype,
         "train_img_per_s": stats(tr), "infer_img_per_s": stats(inf),
+        "train_phases_ms": phases,
     }))
 
 

@@ -1049,6 +1049,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         r.train_gflops, r.infer_img_per_s.median, r.infer_batch, r.infer_img_per_s.min, r.infer_img_per_s.max,
         r.infer_gflops, r.threads, r.peak_rss_mb
     );
+    if let Some(p) = r.train_phases_ms {
+        println!(
+            "a training step, phase by phase (device synchronised after each): forward {:.1} ms, \
+             loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+            p.forward_ms, p.loss_ms, p.backward_ms, p.optimizer_ms
+        );
+    }
     if let Some(path) = &a.json {
         write_json(path, &serde_json::to_value(&r)?)?;
     }

@@ -35,6 +35,22 @@ impl Stats {
     }
 }
 
+/// Milliseconds per training step in each of its phases, averaged over one extra round of steps
+/// with the device synchronised after each phase (so that a GPU's queued work is counted in the
+/// phase that queued it). The synchronisations keep the device from running one phase while
+/// the host queues the next, so the sum can exceed the step time of the timed rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// The network's forward pass (with dropout, building the graph).
+    pub forward_ms: f64,
+    /// The loss (L1 + SSIM for seed-unet; EDM's weighted loss for cond-unet).
+    pub loss_ms: f64,
+    /// Backpropagation: every gradient.
+    pub backward_ms: f64,
+    /// The optimizer's step over all parameters.
+    pub optimizer_ms: f64,
+}
+
 /// The throughput of one network on one device, as `denoise bench` prints and saves it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
@@ -69,6 +85,9 @@ pub struct BenchResult {
     pub infer_gflops: f64,
     /// Peak resident memory of the process so far, in MB (Linux only; 0 elsewhere).
     pub peak_rss_mb: f64,
+    /// Where a training step's time goes (absent from results saved before it was measured).
+    #[serde(default)]
+    pub train_phases_ms: Option<Phases>,
 }
 
 fn f32_name() -> String {
@@ -174,6 +193,32 @@ pub fn bench(
         }
         inf.push((steps.max(1) * infer_batch) as f64 / t.elapsed().as_secs_f64());
     }
+    // The phases, in a round of their own (see `Phases`).
+    let mut ms = [0f64; 4];
+    for _ in 0..steps.max(1) {
+        let mut t = Instant::now();
+        let mut lap = |i: usize| -> Result<()> {
+            device.synchronize()?;
+            ms[i] += t.elapsed().as_secs_f64() * 1e3;
+            t = Instant::now();
+            Ok(())
+        };
+        let out = train_model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
+        lap(0)?;
+        let loss = loss_fn.forward(&out, &clean)?;
+        lap(1)?;
+        let grads = loss.backward()?;
+        lap(2)?;
+        adam.step(&grads)?;
+        lap(3)?;
+    }
+    let per = |v: f64| v / steps.max(1) as f64;
+    let phases = Phases {
+        forward_ms: per(ms[0]),
+        loss_ms: per(ms[1]),
+        backward_ms: per(ms[2]),
+        optimizer_ms: per(ms[3]),
+    };
     let flops = model.forward_flops(size, size);
     let train = Stats::of(&tr);
     let infer = Stats::of(&inf);
@@ -192,5 +237,6 @@ pub fn bench(
         infer_img_per_s: infer,
         dtype: dtype.as_str().to_string(),
         device: format!("{device:?}"),
+        train_phases_ms: Some(phases),
     })
 }
