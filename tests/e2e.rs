@@ -1153,7 +1153,10 @@ fn shipped_model_works_without_training() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no estimated sigma in {text}"));
-    assert!((20.0..30.0).contains(&sigma), "{text}");
+    assert!(
+        (20.0..30.0).contains(&sigma) && text.contains("as gray"),
+        "{text}"
+    );
     let gden = image::open(&gout).unwrap().to_luma8();
     let gclean: Vec<u8> = clean.pixels().map(|p| p.0[1]).collect();
     let what = format!("gray, sigma {sigma} estimated");

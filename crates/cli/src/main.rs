@@ -842,8 +842,15 @@ fn denoise_file(
     )?;
     let bytes = images::encode(&rgb, &pic, format, a.jpeg_quality)?;
     denoise_model::checkpoint::write_atomic(out, &bytes)?;
+    // `denoise_image` tells the network more for a gray picture: say so.
+    let told = if model.is_conditioned() && denoise_model::tiles::is_gray(&pic.rgb, 3) {
+        let factor = denoise_model::tiles::GRAY_SIGMA_FACTOR;
+        format!(", network told {:.2} as gray", sigma * 255.0 * factor)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "denoised {} ({}, noise sigma {:.2} {how}) -> {}",
+        "denoised {} ({}, noise sigma {:.2} {how}{told}) -> {}",
         input.display(),
         pic.describe(),
         sigma * 255.0,
