@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::layers::param;
 use crate::params::ParamStore;
+#[cfg(target_arch = "x86_64")]
 use crate::simd::Level;
 use crate::Result;
 
