@@ -15,6 +15,8 @@ pub const MIN_SIDE: usize = 4;
 /// Returns 0 for images smaller than [`MIN_SIDE`] on either side. Channels that repeat an
 /// earlier one (a gray picture stored as RGB) count once: their copies would add patch
 /// directions without noise, and so eigenvalues of 0, and the estimate would come out 0.
+/// Patches that reach into a flat region (transparent, clipped to black or white, letterboxed:
+/// see `flat_pixels`) are left out, so that such regions do not dilute the estimate.
 pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
     let p = if h.min(w) >= 64 { 7 } else { MIN_SIDE };
     if h < p || w < p || c == 0 {
@@ -35,6 +37,7 @@ pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
     // At most about 40,000 patches: a regular stride on large images.
     let positions = (h - p + 1) * (w - p + 1);
     let stride = ((positions as f64 / 40_000.0).sqrt().ceil() as usize).max(1);
+    let flat = flat_pixels(img, (c, h, w));
     let mut mean = vec![0f64; dim];
     let mut cov = vec![0f64; dim * dim];
     let mut v = vec![0f64; dim];
@@ -51,6 +54,11 @@ pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
                     }
                 }
             }
+            // A patch in or at a flat region holds no noise there: counted, such patches
+            // would scale the noise eigenvalues down by their share of the image.
+            if (y..y + p).any(|yy| flat[yy * w + x..yy * w + x + p].iter().any(|&f| f)) {
+                continue;
+            }
             for i in 0..dim {
                 mean[i] += v[i];
                 let vi = v[i];
@@ -61,6 +69,9 @@ pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
             }
             count += 1;
         }
+    }
+    if count == 0 {
+        return 0.0;
     }
     let n = count as f64;
     for m in mean.iter_mut() {
@@ -86,6 +97,28 @@ pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
         }
     }
     tau.max(0.0).sqrt()
+}
+
+/// Pixels equal, in every channel, to each of their four neighbours (those in the image): the
+/// inside of a flat region (transparent, clipped to black or white, letterboxed), where there is
+/// no noise. Noise makes such a pixel unlikely elsewhere: in 8 bits at sigma 2, a single channel
+/// has 1 in 2,500 pixels so.
+fn flat_pixels(img: &[f32], (c, h, w): (usize, usize, usize)) -> Vec<bool> {
+    let mut flat = vec![true; h * w];
+    for ch in 0..c {
+        let plane = &img[ch * h * w..(ch + 1) * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let v = plane[y * w + x];
+                let same = (x == 0 || plane[y * w + x - 1] == v)
+                    && (x + 1 == w || plane[y * w + x + 1] == v)
+                    && (y == 0 || plane[(y - 1) * w + x] == v)
+                    && (y + 1 == h || plane[(y + 1) * w + x] == v);
+                flat[y * w + x] &= same;
+            }
+        }
+    }
+    flat
 }
 
 /// Donoho's estimate: median(|HH|) / 0.6745 over the finest diagonal Haar details of each
