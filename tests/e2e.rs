@@ -1166,6 +1166,47 @@ fn shipped_model_works_without_training() {
         psnr(gden.as_raw(), &gclean),
     );
 
+    // A camera JPEG's EXIF data (here an orientation tag: rotate 90°) and ICC profile go into
+    // the output, JPEG or PNG, unchanged: a phone photo is not shown sideways afterwards.
+    let exif: Vec<u8> = vec![
+        0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, // TIFF header, IFD at 8
+        0x01, 0x00, // one entry
+        0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00,
+        0x00, // orientation 6
+        0x00, 0x00, 0x00, 0x00, // no next IFD
+    ];
+    let icc = b"not a real ICC profile, carried as it is".to_vec();
+    let jp = tmp.path().join("camera.jpg");
+    {
+        use image::ImageEncoder;
+        let mut bytes = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+        enc.set_exif_metadata(exif.clone()).unwrap();
+        enc.set_icc_profile(icc.clone()).unwrap();
+        image::DynamicImage::ImageRgb8(noisy.clone())
+            .write_with_encoder(enc)
+            .unwrap();
+        std::fs::write(&jp, bytes).unwrap();
+    }
+    for name in ["camera-out.jpg", "camera-out.png"] {
+        use image::ImageDecoder;
+        let o = tmp.path().join(name);
+        generate(&jp, &o, &["--sigma", "25"]);
+        let mut dec = image::ImageReader::open(&o)
+            .unwrap()
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .unwrap();
+        assert_eq!(dec.exif_metadata().unwrap().as_ref(), Some(&exif), "{name}");
+        assert_eq!(dec.icc_profile().unwrap().as_ref(), Some(&icc), "{name}");
+        assert_eq!(
+            dec.orientation().unwrap(),
+            image::metadata::Orientation::Rotate90,
+            "{name}"
+        );
+    }
+
     // The same with the network in bf16: within 0.1 dB of f32.
     let out16 = tmp.path().join("clean-bf16.png");
     generate(&np, &out16, &["--dtype", "bf16"]);

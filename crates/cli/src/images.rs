@@ -1,12 +1,12 @@
 //! Image files in and out for `denoise generate`: 8- or 16-bit, gray, gray + alpha, RGB or
 //! RGBA, PNG or JPEG. The network sees RGB on `[0, 1]`; gray images are repeated into the three
 //! channels and averaged back; alpha is kept untouched; the output has the input's size,
-//! channels and bit depth.
+//! channels and bit depth, and its EXIF data (orientation included) and ICC colour profile.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use image::{DynamicImage, ImageBuffer, ImageFormat};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageEncoder, ImageFormat};
 
 /// A decoded image: RGB planes for the network plus what is needed to write it back alike.
 pub struct Picture {
@@ -18,6 +18,10 @@ pub struct Picture {
     pub sixteen: bool,
     /// The alpha channel at the file's own depth (0..255 or 0..65535), if any.
     pub alpha: Option<Vec<u16>>,
+    /// The file's EXIF data (a camera's orientation tag among it), written back unchanged.
+    pub exif: Option<Vec<u8>>,
+    /// The file's ICC colour profile, written back unchanged.
+    pub icc: Option<Vec<u8>>,
 }
 
 /// The channel layout in words, for messages.
@@ -40,12 +44,17 @@ impl Picture {
 
 /// Reads a PNG or JPEG file.
 pub fn read(path: &Path) -> Result<Picture> {
-    let img = image::ImageReader::open(path)
+    let cannot_decode = || format!("cannot decode {} as a PNG or JPEG image", path.display());
+    let mut decoder = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode {} as a PNG or JPEG image", path.display()))?;
+        .into_decoder()
+        .with_context(cannot_decode)?;
+    // Metadata that cannot be read is left behind; the pixels are what matter.
+    let exif = decoder.exif_metadata().ok().flatten();
+    let icc = decoder.icc_profile().ok().flatten();
+    let img = DynamicImage::from_decoder(decoder).with_context(cannot_decode)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         bail!("{}: the image is empty ({w}x{h})", path.display());
@@ -74,6 +83,8 @@ pub fn read(path: &Path) -> Result<Picture> {
         gray,
         sixteen,
         alpha,
+        exif,
+        icc,
     })
 }
 
@@ -161,11 +172,27 @@ pub fn encode(
     let mut bytes = Vec::new();
     if format == ImageFormat::Jpeg {
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality);
-        img.write_with_encoder(encoder)?;
+        img.write_with_encoder(with_metadata(encoder, like)?)?;
     } else {
-        img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+        let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+        img.write_with_encoder(with_metadata(encoder, like)?)?;
     }
     Ok(bytes)
+}
+
+/// `encoder` set to write `like`'s EXIF data and ICC profile.
+fn with_metadata<E: ImageEncoder>(mut encoder: E, like: &Picture) -> Result<E> {
+    if let Some(exif) = &like.exif {
+        encoder
+            .set_exif_metadata(exif.clone())
+            .context("the output format cannot hold the input's EXIF data")?;
+    }
+    if let Some(icc) = &like.icc {
+        encoder
+            .set_icc_profile(icc.clone())
+            .context("the output format cannot hold the input's ICC profile")?;
+    }
+    Ok(encoder)
 }
 
 /// The PNG and JPEG files directly inside `dir`, sorted by name.
