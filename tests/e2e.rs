@@ -233,6 +233,28 @@ fn cifar_binary_train_resume_eval() {
     );
     drop(lock);
     assert_eq!(std::fs::read(a.join("last.safetensors")).unwrap(), before);
+    // Nor is a resumed run's network changed: another width is refused (it used to be ignored,
+    // and written into the recipe as if it had been used).
+    let a_out = a.to_str().unwrap();
+    let wider = [
+        "train",
+        "--out",
+        a_out,
+        "--max-steps",
+        "8",
+        "--resume",
+        "--width",
+        "16",
+        "--data",
+        data,
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+    ];
+    let err = fails(&wider);
+    assert!(err.contains("width 8, not 16"), "{err}");
+    assert_eq!(std::fs::read(a.join("last.safetensors")).unwrap(), before);
     // Nor does --resume start over a folder whose last.safetensors is gone but whose best is not.
     let c = tmp.path().join("c");
     std::fs::create_dir_all(&c).unwrap();

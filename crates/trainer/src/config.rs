@@ -164,12 +164,19 @@ impl TrainConfig {
 
     /// The network this configuration trains.
     pub fn model_config(&self) -> Option<denoise_model::ModelConfig> {
+        let mut c = denoise_model::ModelConfig::from_arch(&self.arch)?;
+        self.apply_model_fields(&mut c);
+        Some(c)
+    }
+
+    /// Sets in `c` the network fields this configuration gives (width, and cond-unet's
+    /// levels, blocks, attention and dropout), leaving the others as they are.
+    pub fn apply_model_fields(&self, c: &mut denoise_model::ModelConfig) {
         use denoise_model::ModelConfig;
-        let mut c = ModelConfig::from_arch(&self.arch)?;
         if let Some(w) = self.width {
             c.set_width(w);
         }
-        if let ModelConfig::CondUnet(u) = &mut c {
+        if let ModelConfig::CondUnet(u) = c {
             if let Some(m) = &self.mults {
                 u.mults = m.clone();
             }
@@ -183,7 +190,6 @@ impl TrainConfig {
                 u.dropout = d;
             }
         }
-        Some(c)
     }
 
     fn conditioned(&self) -> bool {

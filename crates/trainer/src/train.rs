@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use denoise_data::batch::{validation_batches, BatchConfig, Batcher};
 use denoise_data::{ImageSet, Splits};
 use denoise_loss::{edm_weight, mse, psnr, weighted_mse, MixLoss};
-use denoise_model::{Checkpoint, Model};
+use denoise_model::{Checkpoint, Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::adam::{Adam, AdamConfig};
@@ -371,18 +371,34 @@ fn train_locked(
     let (model, ema, mut adam, mut state) = if opts.resume && last_path.exists() {
         let ckpt = Checkpoint::load(&last_path)?;
         let mut state = state_of(&ckpt)?;
-        let model = Model::new(&ckpt.model_config()?, device, 0)?;
-        model.load_weights_from(&ckpt, "model")?;
-        if model.config().arch() != config.arch {
+        let saved = ckpt.model_config()?;
+        if saved.arch() != config.arch {
             return Err(TrainError::Resume {
                 path: ckpt.path.clone(),
                 reason: format!(
                     "it holds a {} model, the configuration asks for {}",
-                    model.config().arch(),
+                    saved.arch(),
                     config.arch
                 ),
             });
         }
+        // The network continues as saved: flags that would change its shape are an error (they
+        // were ignored before); a new dropout is taken.
+        let mut wanted = saved.clone();
+        config.apply_model_fields(&mut wanted);
+        let changed = shape_changes(&saved, &wanted);
+        if !changed.is_empty() {
+            return Err(TrainError::Resume {
+                path: ckpt.path.clone(),
+                reason: format!(
+                    "its network has {}: a resumed run keeps its network (leave these settings \
+                     out, or train a new one into another --out)",
+                    changed.join(", ")
+                ),
+            });
+        }
+        let model = Model::new(&wanted, device, 0)?;
+        model.load_weights_from(&ckpt, "model")?;
         let mut adam = Adam::new(model.vars(), adam_config)?;
         adam.step = ckpt
             .metadata
@@ -786,4 +802,31 @@ impl Validation<'_> {
         save_checkpoint(&out_dir.join(LAST), model, ema, Some(adam), state)?;
         Ok(state.early.should_stop())
     }
+}
+
+/// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
+fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name} {a}, not {b}"));
+        }
+    };
+    match (saved, wanted) {
+        (ModelConfig::SeedUnet(a), ModelConfig::SeedUnet(b)) => {
+            check("width", a.base.to_string(), b.base.to_string());
+        }
+        (ModelConfig::CondUnet(a), ModelConfig::CondUnet(b)) => {
+            check("width", a.base.to_string(), b.base.to_string());
+            check("mults", format!("{:?}", a.mults), format!("{:?}", b.mults));
+            check("blocks", a.blocks.to_string(), b.blocks.to_string());
+            check(
+                "attention",
+                a.attention.to_string(),
+                b.attention.to_string(),
+            );
+        }
+        _ => check("network", saved.arch().into(), wanted.arch().into()),
+    }
+    out
 }
