@@ -290,7 +290,8 @@ struct EvalArgs {
     /// Noise levels in 0..255 units, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "15,25,50")]
     sigmas: Vec<f64>,
-    /// Evaluate the first N/10 test images of each class (file order).
+    /// Evaluate about N test images: the first N/classes of each class (file order; N/10 of
+    /// each of CIFAR-10's ten classes).
     #[arg(long)]
     limit: Option<usize>,
     /// Seed of the noise.
@@ -667,7 +668,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let all = load_test_data(&a.data, is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
-        Some(n) => all.first_per_class(n.div_ceil(10)),
+        Some(n) => all.first_balanced(n),
         None => all,
     };
     let mut results = eval::evaluate(

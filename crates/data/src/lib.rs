@@ -200,6 +200,22 @@ impl ImageSet {
         }
     }
 
+    /// About `n` images, spread evenly over the classes: the first `ceil(n / classes)` of each
+    /// (the first `n / 10` of each of CIFAR-10's ten), or the first `n` of an unlabeled set.
+    pub fn first_balanced(&self, n: usize) -> ImageSet {
+        if self.labels.is_empty() {
+            let idx: Vec<usize> = (0..self.n.min(n)).collect();
+            return self.select(&idx);
+        }
+        let classes = self
+            .labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(1, |m| m as usize + 1);
+        self.first_per_class(n.div_ceil(classes))
+    }
+
     /// The first `per_class` images of each class, in file order, classes in label order.
     /// Unlabeled sets give their first `per_class * 10` images.
     pub fn first_per_class(&self, per_class: usize) -> ImageSet {

@@ -58,6 +58,12 @@ fn class_folders_split_by_the_last_tenth_of_each_class() {
     assert_eq!(sub.image(1)[0], 101);
     // CHW layout: channel 2 of the first pixel is 255 - v.
     assert_eq!(sub.image(0)[2 * 64], 255 - 100);
+    // `eval --limit N`: about N images over the two classes (it took N/10 per class, as if
+    // every folder had CIFAR-10's ten classes: 1 image of each for --limit 4).
+    let four = s.test.first_balanced(4);
+    assert_eq!((four.n, four.labels.clone()), (4, vec![0, 0, 1, 1]));
+    assert_eq!(s.test.first_balanced(3).n, 4); // 2 per class, rounded up
+    assert_eq!(s.test.first_balanced(100).n, 10); // all there is
 }
 
 /// An image whose pixel `(x, y)` is `(x, y, k)`: where a patch came from can be read off it.
