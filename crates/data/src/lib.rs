@@ -203,32 +203,30 @@ impl ImageSet {
     /// About `n` images, spread evenly over the classes: the first `ceil(n / classes)` of each
     /// (the first `n / 10` of each of CIFAR-10's ten), or the first `n` of an unlabeled set.
     pub fn first_balanced(&self, n: usize) -> ImageSet {
-        if self.labels.is_empty() {
-            let idx: Vec<usize> = (0..self.n.min(n)).collect();
-            return self.select(&idx);
+        match self.label_count() {
+            0 => self.first(n),
+            classes => self.first_per_class(n.div_ceil(classes)),
         }
-        let classes = self
-            .labels
-            .iter()
-            .copied()
-            .max()
-            .map_or(1, |m| m as usize + 1);
-        self.first_per_class(n.div_ceil(classes))
+    }
+
+    /// Labels in use: one more than the largest (0 for an unlabeled set).
+    fn label_count(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&m| m as usize + 1)
+    }
+
+    /// The first `n` images (all of them if there are fewer).
+    fn first(&self, n: usize) -> ImageSet {
+        let idx: Vec<usize> = (0..self.n.min(n)).collect();
+        self.select(&idx)
     }
 
     /// The first `per_class` images of each class, in file order, classes in label order.
     /// Unlabeled sets give their first `per_class * 10` images.
     pub fn first_per_class(&self, per_class: usize) -> ImageSet {
-        if self.labels.is_empty() {
-            let idx: Vec<usize> = (0..self.n.min(per_class * 10)).collect();
-            return self.select(&idx);
+        let n_classes = self.label_count();
+        if n_classes == 0 {
+            return self.first(per_class * 10);
         }
-        let n_classes = self
-            .labels
-            .iter()
-            .copied()
-            .max()
-            .map_or(0, |m| m as usize + 1);
         let mut idx = Vec::new();
         for class in 0..n_classes {
             idx.extend(
