@@ -172,20 +172,30 @@ pub fn encode(
     let mut bytes = Vec::new();
     if format == ImageFormat::Jpeg {
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality);
-        img.write_with_encoder(with_metadata(encoder, like)?)?;
+        img.write_with_encoder(with_metadata(encoder, like, JPEG_MAX_EXIF)?)?;
     } else {
         let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
-        img.write_with_encoder(with_metadata(encoder, like)?)?;
+        img.write_with_encoder(with_metadata(encoder, like, usize::MAX)?)?;
     }
     Ok(bytes)
 }
 
-/// `encoder` set to write `like`'s EXIF data and ICC profile.
-fn with_metadata<E: ImageEncoder>(mut encoder: E, like: &Picture) -> Result<E> {
-    if let Some(exif) = &like.exif {
-        encoder
+/// The most EXIF bytes a JPEG holds: one APP1 segment (65,535 bytes with its length and the
+/// "Exif" header). The encoder does not check, and would write a broken file.
+const JPEG_MAX_EXIF: usize = 65533 - 6;
+
+/// `encoder` set to write `like`'s ICC profile, and its EXIF data if at most `max_exif` bytes.
+fn with_metadata<E: ImageEncoder>(mut encoder: E, like: &Picture, max_exif: usize) -> Result<E> {
+    match &like.exif {
+        Some(exif) if exif.len() > max_exif => tracing::warn!(
+            "the input's EXIF data ({} bytes) does not fit in a JPEG ({max_exif} at most): left \
+             out; write a .png to keep it",
+            exif.len()
+        ),
+        Some(exif) => encoder
             .set_exif_metadata(exif.clone())
-            .context("the output format cannot hold the input's EXIF data")?;
+            .context("the output format cannot hold the input's EXIF data")?,
+        None => {}
     }
     if let Some(icc) = &like.icc {
         encoder
@@ -209,4 +219,37 @@ pub fn list_images(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// EXIF data too large for a JPEG's one segment is left out (the encoder would write a
+    /// broken file); a PNG keeps it.
+    #[test]
+    fn oversized_exif_is_left_out_of_a_jpeg() {
+        let mut exif = vec![0x49, 0x49, 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
+        exif.resize(70_000, 0);
+        let like = Picture {
+            rgb: vec![0.5; 3 * 8 * 8],
+            h: 8,
+            w: 8,
+            gray: false,
+            sixteen: false,
+            alpha: None,
+            exif: Some(exif.clone()),
+            icc: None,
+        };
+        for (format, kept) in [(ImageFormat::Jpeg, None), (ImageFormat::Png, Some(exif))] {
+            let bytes = encode(&like.rgb, &like, format, 90).unwrap();
+            let mut dec = image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .unwrap()
+                .into_decoder()
+                .unwrap();
+            assert_eq!(dec.exif_metadata().unwrap(), kept, "{format:?}");
+            DynamicImage::from_decoder(dec).unwrap();
+        }
+    }
 }
