@@ -384,15 +384,20 @@ def main():
     half = {"bf16": torch.bfloat16}.get(a.dtype)
     autocast = lambda: torch.autocast(dev.type, dtype=half or torch.float32, enabled=half is not None)
 
-    def train_step():
+    def train_step(lap=lambda i: None):
+        """One step; lap(i) after phase i (forward, loss, backward, optimizer)."""
         model.train()
         opt.zero_grad(set_to_none=True)
         with autocast():
             out = model(noisy, sigma)
         out = out.float()
+        lap(0)
         loss = 0.84 * (1 - ssim(out, clean, win)) + 0.16 * F.l1_loss(out, clean)
+        lap(1)
         loss.backward()
+        lap(2)
         opt.step()
+        lap(3)
         return loss
 
     def infer_step():
@@ -419,22 +424,15 @@ def main():
     # denoise bench's train_phases_ms).
     ms = [0.0] * 4
     for _ in range(a.steps):
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        t = time.perf_counter()
-        laps = []
-        with autocast():
-            out = model(noisy, sigma)
-        out = out.float()
-        sync(); laps.append(time.perf_counter())
-        loss = 0.84 * (1 - ssim(out, clean, win)) + 0.16 * F.l1_loss(out, clean)
-        sync(); laps.append(time.perf_counter())
-        loss.backward()
-        sync(); laps.append(time.perf_counter())
-        opt.step()
-        sync(); laps.append(time.perf_counter())
-        for i, end in enumerate(laps):
-            ms[i] += (end - (laps[i - 1] if i else t)) * 1e3
+        t = [time.perf_counter()]
+
+        def lap(i):
+            sync()
+            now = time.perf_counter()
+            ms[i] += (now - t[0]) * 1e3
+            t[0] = now
+
+        train_step(lap)
     phases = {k: v / a.steps for k, v in zip(["forward_ms", "loss_ms", "backward_ms", "optimizer_ms"], ms)}
     print(json.dumps({
         "framework": "pytorch", "arch": a.arch, "version": torch.__version__, "device": str(dev),

@@ -367,7 +367,7 @@ pub(crate) fn masked_plane<T: Float>(dst: &mut [T], grad: &[T], out: Option<&[T]
 
 /// The sums of per-group partial gradients `(dw, db)`, added in the order given (so that
 /// results do not depend on thread scheduling), into `lens` zeros.
-fn sum_parts<T: Float>(
+pub(crate) fn sum_parts<T: Float>(
     parts: impl IntoIterator<Item = (Vec<T>, Vec<T>)>,
     lens: (usize, usize),
 ) -> (Vec<T>, Vec<T>) {

@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_conv::{gemm, threads, ConvShape, Float};
+use crate::cpu_conv::{gemm, sum_parts, threads, ConvShape, Float};
 use crate::simd::Level;
 
 /// Tiles per group; each group's transformed input is `16 x c_in x tiles` values.
@@ -919,16 +919,7 @@ pub fn backward_with<T: Float>(
             .map(|item| run(&mut sc, item, true))
             .collect()
     };
-    let mut du = vec![T::ZERO; 16 * point_stride(co * ci)];
-    let mut db = vec![T::ZERO; co];
-    for (pu, pb) in parts {
-        for (a, b) in du.iter_mut().zip(pu) {
-            *a += b;
-        }
-        for (a, b) in db.iter_mut().zip(pb) {
-            *a += b;
-        }
-    }
+    let (du, db) = sum_parts(parts, (16 * point_stride(co * ci), co));
     (dx, kernel_grads(s, &du), db)
 }
 

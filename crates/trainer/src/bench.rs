@@ -162,13 +162,20 @@ pub fn bench(
     let sigma = Tensor::full(0.1f32, train_batch, device)?;
     let infer_sigma = Tensor::full(0.1f32, infer_batch, device)?;
     let mut rng = denoise_model::rng(0);
-    let mut train_step = || -> Result<()> {
+    // One step; `lap(i)` after phase `i` (forward, loss, backward, optimizer).
+    let mut train_step = |lap: &mut dyn FnMut(usize) -> Result<()>| -> Result<()> {
         let out = train_model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
+        lap(0)?;
         let loss = loss_fn.forward(&out, &clean)?;
-        adam.step(&loss.backward()?)?;
+        lap(1)?;
+        let grads = loss.backward()?;
+        lap(2)?;
+        adam.step(&grads)?;
+        lap(3)?;
         loss.to_scalar::<f32>()?; // waits for the device
         Ok(())
     };
+    let mut no_laps = |_: usize| Ok(());
     let infer_step = || -> Result<()> {
         // Without a graph, as PyTorch's `no_grad` in unet_bench.py.
         let y = denoise_model::layers::inference(|| {
@@ -178,13 +185,13 @@ pub fn bench(
         Ok(())
     };
     // Warm-up: allocations, kernel loading, autotuning.
-    train_step()?;
+    train_step(&mut no_laps)?;
     infer_step()?;
     let (mut tr, mut inf) = (Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         for _ in 0..steps.max(1) {
-            train_step()?;
+            train_step(&mut no_laps)?;
         }
         tr.push((steps.max(1) * train_batch) as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -197,20 +204,12 @@ pub fn bench(
     let mut ms = [0f64; 4];
     for _ in 0..steps.max(1) {
         let mut t = Instant::now();
-        let mut lap = |i: usize| -> Result<()> {
+        train_step(&mut |i: usize| -> Result<()> {
             device.synchronize()?;
             ms[i] += t.elapsed().as_secs_f64() * 1e3;
             t = Instant::now();
             Ok(())
-        };
-        let out = train_model.forward(&noisy, Some(&sigma), Some(&mut rng))?;
-        lap(0)?;
-        let loss = loss_fn.forward(&out, &clean)?;
-        lap(1)?;
-        let grads = loss.backward()?;
-        lap(2)?;
-        adam.step(&grads)?;
-        lap(3)?;
+        })?;
     }
     let per = |v: f64| v / steps.max(1) as f64;
     let phases = Phases {
