@@ -1,7 +1,9 @@
 //! The noise-level estimator on formula-defined images with synthetic Gaussian noise of
 //! sigma 5 to 50 (0..255 units): within 15 %.
 
-use denoise_data::estimate::{estimate_sigma, estimate_sigma_mad};
+use denoise_data::estimate::{
+    estimate_luma_sigma, estimate_sigma, estimate_sigma_mad, LUMA_MIN_SIDE,
+};
 use denoise_data::noise::{add_gaussian, rng_for};
 
 /// Smooth gradients and blobs, `(3, h, w)` in `[0, 1]`.
@@ -129,4 +131,78 @@ fn flat_regions_do_not_dilute_the_estimate() {
         eprintln!("flat regions, sigma {sigma}: estimated {est:.2}");
         assert!((est - sigma).abs() / sigma < 0.15, "sigma {sigma}: {est}");
     }
+}
+
+/// Colour subsampled as most JPEGs store it (4:2:0, as cameras, phones and libjpeg's default
+/// write them): the image in YCbCr (JPEG's BT.601 weights), Cb and Cr averaged over 2x2
+/// pixels, back to RGB.
+fn subsample_chroma(img: &mut [f32], (h, w): (usize, usize)) {
+    let n = h * w;
+    let ycc = |i: usize, img: &[f32]| {
+        let (r, g, b) = (img[i], img[n + i], img[2 * n + i]);
+        let y = 0.299 * r + 0.587 * g + 0.114 * b;
+        (
+            y,
+            -0.168_736 * r - 0.331_264 * g + 0.5 * b,
+            0.5 * r - 0.418_688 * g - 0.081_312 * b,
+        )
+    };
+    for by in (0..h).step_by(2) {
+        for bx in (0..w).step_by(2) {
+            let quad = [
+                by * w + bx,
+                by * w + bx + 1,
+                (by + 1) * w + bx,
+                (by + 1) * w + bx + 1,
+            ];
+            let (mut cb, mut cr) = (0.0, 0.0);
+            for &i in &quad {
+                let (_, b, r) = ycc(i, img);
+                cb += b / 4.0;
+                cr += r / 4.0;
+            }
+            for &i in &quad {
+                let (y, _, _) = ycc(i, img);
+                img[i] = y + 1.402 * cr;
+                img[n + i] = y - 0.344_136 * cb - 0.714_136 * cr;
+                img[2 * n + i] = y + 1.772 * cb;
+            }
+        }
+    }
+}
+
+/// With colour subsampled, half the patch directions hold no noise, and the estimate over all
+/// channels came out near 0 (0.5 to 4 on noisy JPEGs of photos at sigma 5 to 50: no denoising
+/// at all); the luma's estimate takes over. Noise of sigma 10 and 25, and none.
+#[test]
+fn subsampled_colour_is_estimated_from_the_luma() {
+    let (h, w) = (256, 256);
+    for k in 0..2 {
+        let clean = textured(h, w, k);
+        for sigma in [10.0f64, 25.0] {
+            let mut rng = rng_for(&[11, k as u64, sigma as u64]);
+            let mut img = add_gaussian(&clean, (sigma / 255.0) as f32, &mut rng);
+            let white = estimate_sigma(&img, (3, h, w)) * 255.0;
+            subsample_chroma(&mut img, (h, w));
+            let est = estimate_sigma(&img, (3, h, w)) * 255.0;
+            let luma = estimate_luma_sigma(&img, (h, w)) * 255.0;
+            eprintln!("subsampled, sigma {sigma}: {est:.2} (white noise: {white:.2})");
+            assert_eq!(est, luma);
+            assert!((est - sigma).abs() / sigma < 0.15, "sigma {sigma}: {est}");
+            assert!(
+                (white - sigma).abs() / sigma < 0.15,
+                "sigma {sigma}: {white}"
+            );
+        }
+        let mut img = clean.clone();
+        subsample_chroma(&mut img, (h, w));
+        let est = estimate_sigma(&img, (3, h, w)) * 255.0;
+        assert!(est < 2.0, "clean: {est}");
+    }
+    // Below LUMA_MIN_SIDE a side, the luma is not consulted.
+    let (h, w) = (LUMA_MIN_SIDE - 2, LUMA_MIN_SIDE);
+    let mut rng = rng_for(&[12]);
+    let mut img = add_gaussian(&textured(h, w, 0), 25.0 / 255.0, &mut rng);
+    subsample_chroma(&mut img, (h, w));
+    assert!(estimate_sigma(&img, (3, h, w)) * 255.0 < 10.0);
 }
