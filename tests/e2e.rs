@@ -1004,6 +1004,24 @@ fn generate_denoises_any_image_and_samples_new_ones() {
         let o = image::open(tmp.path().join(format!("many-out/{k}.png"))).unwrap();
         assert_eq!((o.width(), o.height()), (20 + k as u32, 16));
     }
+    // A file that cannot be read does not stop the others; it is named, its cause said once,
+    // and the command fails.
+    std::fs::write(dir.join("broken.png"), "not a PNG").unwrap();
+    let err = fails(&[
+        "generate",
+        "--image",
+        dir.to_str().unwrap(),
+        "--out",
+        &t("many-out2"),
+        "--model",
+        &model,
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("1 of 4 images failed"), "{err}");
+    assert_eq!(err.matches("Invalid PNG signature").count(), 1, "{err}");
+    assert!(tmp.path().join("many-out2/2.png").exists());
+    assert!(!tmp.path().join("many-out2/broken.png").exists());
 
     // New images: a grid and single images, the same for the same seed.
     let sample = |seed: &str, out: &str| {

@@ -886,7 +886,7 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
         match result {
             Ok(msg) => bar.suspend(|| println!("{msg}")),
             Err(e) => {
-                bar.suspend(|| eprintln!("error: {e:#}"));
+                bar.suspend(|| eprintln!("error: {}", report(&e)));
                 failed.push(f.display().to_string());
             }
         }
