@@ -1004,6 +1004,37 @@ fn generate_denoises_any_image_and_samples_new_ones() {
         let o = image::open(tmp.path().join(format!("many-out/{k}.png"))).unwrap();
         assert_eq!((o.width(), o.height()), (20 + k as u32, 16));
     }
+    // TIFF, WebP and BMP in and out: a 16-bit gray TIFF stays one; WebP holds no 16 bits.
+    let tif = tmp.path().join("deep.tif");
+    image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(24, 20, |x, y| {
+        image::Luma([(x * 2000 + y * 700 + (x * y % 7) * 900) as u16])
+    }))
+    .save(&tif)
+    .unwrap();
+    gen(tif.to_str().unwrap(), &t("deep-out.tif"), &[]);
+    let o = image::open(t("deep-out.tif")).unwrap();
+    assert_eq!(o.color(), image::ColorType::L16);
+    assert_eq!((o.width(), o.height()), (24, 20));
+    let err = fails(&[
+        "generate",
+        "--image",
+        tif.to_str().unwrap(),
+        "--out",
+        &t("deep.webp"),
+        "--model",
+        &model,
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("WebP holds only 8-bit images"), "{err}");
+    let png = dir.join("0.png");
+    for ext in ["webp", "bmp"] {
+        let out = t(&format!("from-png.{ext}"));
+        gen(png.to_str().unwrap(), &out, &[]);
+        let o = image::open(&out).unwrap();
+        assert_eq!((o.width(), o.height()), (20, 16), "{ext}");
+        gen(&out, &t(&format!("back-{ext}.png")), &[]);
+    }
     // A file that cannot be read does not stop the others; it is named, its cause said once,
     // and the command fails.
     std::fs::write(dir.join("broken.png"), "not a PNG").unwrap();

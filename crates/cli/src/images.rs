@@ -1,5 +1,5 @@
 //! Image files in and out for `denoise generate`: 8- or 16-bit, gray, gray + alpha, RGB or
-//! RGBA, PNG or JPEG. The network sees RGB on `[0, 1]`; gray images are repeated into the three
+//! RGBA, PNG, JPEG, TIFF, WebP or BMP. The network sees RGB on `[0, 1]`; gray images are repeated into the three
 //! channels and averaged back; alpha is kept untouched; the output has the input's size,
 //! channels and bit depth, and its EXIF data (orientation included) and ICC colour profile.
 
@@ -42,9 +42,17 @@ impl Picture {
     }
 }
 
-/// Reads a PNG or JPEG file.
+/// The formats read and written, in words.
+pub const FORMAT_NAMES: &str = "PNG, JPEG, TIFF, WebP or BMP";
+
+/// Reads an image file of one of [`FORMAT_NAMES`] (found from its contents).
 pub fn read(path: &Path) -> Result<Picture> {
-    let cannot_decode = || format!("cannot decode {} as a PNG or JPEG image", path.display());
+    let cannot_decode = || {
+        format!(
+            "cannot decode {} as an image ({FORMAT_NAMES})",
+            path.display()
+        )
+    };
     let mut decoder = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
@@ -88,18 +96,18 @@ pub fn read(path: &Path) -> Result<Picture> {
     })
 }
 
-/// The format an output path asks for.
+/// The format an output path asks for, by its extension.
 pub fn format_of(path: &Path) -> Result<ImageFormat> {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("png") => Ok(ImageFormat::Png),
-        Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg),
+    match ImageFormat::from_path(path) {
+        Ok(
+            f @ (ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::Tiff
+            | ImageFormat::WebP
+            | ImageFormat::Bmp),
+        ) => Ok(f),
         _ => bail!(
-            "--out {}: expected a .png or .jpg file name",
+            "--out {}: expected a .png, .jpg, .tif, .webp or .bmp file name",
             path.display()
         ),
     }
@@ -109,7 +117,18 @@ pub fn format_of(path: &Path) -> Result<ImageFormat> {
 pub fn check_writable(like: &Picture, format: ImageFormat) -> Result<()> {
     if format == ImageFormat::Jpeg && (like.sixteen || like.alpha.is_some()) {
         bail!(
-            "JPEG holds only 8-bit images without alpha, the input is {}: write a .png",
+            "JPEG holds only 8-bit images without alpha, the input is {}: write a .png or .tif",
+            like.describe()
+        );
+    }
+    if like.sixteen && !matches!(format, ImageFormat::Png | ImageFormat::Tiff) {
+        bail!(
+            "{} holds only 8-bit images, the input is {}: write a .png or .tif",
+            if format == ImageFormat::WebP {
+                "WebP"
+            } else {
+                "BMP"
+            },
             like.describe()
         );
     }
@@ -170,52 +189,83 @@ pub fn encode(
         })),
     };
     let mut bytes = Vec::new();
-    if format == ImageFormat::Jpeg {
-        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality);
-        img.write_with_encoder(with_metadata(encoder, like, JPEG_MAX_EXIF)?)?;
-    } else {
-        let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
-        img.write_with_encoder(with_metadata(encoder, like, usize::MAX)?)?;
+    match format {
+        ImageFormat::Jpeg => {
+            let encoder =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality);
+            img.write_with_encoder(with_metadata(encoder, like, JPEG_MAX_EXIF))?;
+        }
+        ImageFormat::Tiff => {
+            let encoder = image::codecs::tiff::TiffEncoder::new(std::io::Cursor::new(&mut bytes));
+            rgba_for_gray_alpha(img).write_with_encoder(with_metadata(
+                encoder,
+                like,
+                usize::MAX,
+            ))?;
+        }
+        ImageFormat::WebP => {
+            let encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
+            img.write_with_encoder(with_metadata(encoder, like, usize::MAX))?;
+        }
+        ImageFormat::Bmp => {
+            let encoder = image::codecs::bmp::BmpEncoder::new(&mut bytes);
+            rgba_for_gray_alpha(img).write_with_encoder(with_metadata(
+                encoder,
+                like,
+                usize::MAX,
+            ))?;
+        }
+        _ => {
+            let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+            img.write_with_encoder(with_metadata(encoder, like, usize::MAX))?;
+        }
     }
     Ok(bytes)
+}
+
+/// Gray + alpha as RGBA (the gray repeated), for the formats whose encoders have no gray +
+/// alpha (TIFF) or write one that reads back without its alpha (BMP).
+fn rgba_for_gray_alpha(img: DynamicImage) -> DynamicImage {
+    match img {
+        DynamicImage::ImageLumaA8(_) => DynamicImage::ImageRgba8(img.to_rgba8()),
+        DynamicImage::ImageLumaA16(_) => DynamicImage::ImageRgba16(img.to_rgba16()),
+        other => other,
+    }
 }
 
 /// The most EXIF bytes a JPEG holds: one APP1 segment (65,535 bytes with its length and the
 /// "Exif" header). The encoder does not check, and would write a broken file.
 const JPEG_MAX_EXIF: usize = 65533 - 6;
 
-/// `encoder` set to write `like`'s ICC profile, and its EXIF data if at most `max_exif` bytes.
-fn with_metadata<E: ImageEncoder>(mut encoder: E, like: &Picture, max_exif: usize) -> Result<E> {
-    match &like.exif {
-        Some(exif) if exif.len() > max_exif => tracing::warn!(
-            "the input's EXIF data ({} bytes) does not fit in a JPEG ({max_exif} at most): left \
-             out; write a .png to keep it",
-            exif.len()
-        ),
-        Some(exif) => encoder
-            .set_exif_metadata(exif.clone())
-            .context("the output format cannot hold the input's EXIF data")?,
-        None => {}
+/// `encoder` set to write `like`'s ICC profile, and its EXIF data if at most `max_exif` bytes;
+/// what the format cannot hold is left out, with a warning.
+fn with_metadata<E: ImageEncoder>(mut encoder: E, like: &Picture, max_exif: usize) -> E {
+    let keep = "write a .png to keep it";
+    if let Some(exif) = &like.exif {
+        if exif.len() > max_exif {
+            tracing::warn!(
+                "the input's EXIF data ({} bytes) does not fit in a JPEG ({max_exif} at most): \
+                 left out; {keep}",
+                exif.len()
+            );
+        } else if encoder.set_exif_metadata(exif.clone()).is_err() {
+            tracing::warn!("the output format holds no EXIF data: the input's left out; {keep}");
+        }
     }
     if let Some(icc) = &like.icc {
-        encoder
-            .set_icc_profile(icc.clone())
-            .context("the output format cannot hold the input's ICC profile")?;
+        if encoder.set_icc_profile(icc.clone()).is_err() {
+            tracing::warn!("the output format holds no ICC profile: the input's left out; {keep}");
+        }
     }
-    Ok(encoder)
+    encoder
 }
 
-/// The PNG and JPEG files directly inside `dir`, sorted by name.
+/// The image files (by their extensions) directly inside `dir`, sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                })
-        })
+        .filter(|p| p.is_file() && denoise_data::folder::is_image(p))
         .collect();
     files.sort();
     Ok(files)
@@ -250,6 +300,82 @@ mod tests {
                 .unwrap();
             assert_eq!(dec.exif_metadata().unwrap(), kept, "{format:?}");
             DynamicImage::from_decoder(dec).unwrap();
+        }
+    }
+
+    /// Every layout in every format: written and read back with the same pixels, alpha, depth
+    /// and grayness (where the format keeps gray as gray), or refused before writing,
+    /// with the reason, where the format cannot hold it (16 bits in JPEG, WebP, BMP; alpha in
+    /// JPEG).
+    #[test]
+    fn every_layout_round_trips_or_is_refused() {
+        let (w, h) = (7usize, 5usize);
+        let dir = tempfile::tempdir().unwrap();
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+        ] {
+            for (gray, alpha, sixteen) in (0..8).map(|k| (k & 1 == 1, k & 2 == 2, k & 4 == 4)) {
+                let max = if sixteen { 65535.0 } else { 255.0 };
+                // Levels of 8 bits, on the 16-bit grid too (v / 255 = 257 v / 65535): a
+                // lossless format gives them back exactly.
+                let rgb: Vec<f32> = (0..3)
+                    .flat_map(|c| (0..w * h).map(move |i| (if gray { 0 } else { c }, i)))
+                    .map(|(c, i)| ((i * 37 + c * 101) % 256) as f32 / 255.0)
+                    .collect();
+                let like = Picture {
+                    rgb: rgb.clone(),
+                    h,
+                    w,
+                    gray,
+                    sixteen,
+                    alpha: alpha.then(|| {
+                        let scale = if sixteen { 257 } else { 1 };
+                        (0..w * h).map(|i| (i * 13 % 256) as u16 * scale).collect()
+                    }),
+                    exif: None,
+                    icc: None,
+                };
+                let what = format!("{format:?} {}", like.describe());
+                let refused = (format == ImageFormat::Jpeg && (alpha || sixteen))
+                    || (sixteen && matches!(format, ImageFormat::WebP | ImageFormat::Bmp));
+                match check_writable(&like, format) {
+                    Err(e) => {
+                        assert!(refused, "{what}: {e}");
+                        let e = e.to_string();
+                        assert!(e.contains("8-bit") && e.contains(".png"), "{what}: {e}");
+                        assert!(encode(&rgb, &like, format, 90).is_err(), "{what}");
+                        continue;
+                    }
+                    Ok(()) => assert!(!refused, "{what} should be refused"),
+                }
+                let ext = format.extensions_str()[0];
+                let path = dir.path().join(format!("x.{ext}"));
+                std::fs::write(&path, encode(&rgb, &like, format, 100).unwrap()).unwrap();
+                let back = read(&path).unwrap();
+                assert_eq!((back.w, back.h, back.sixteen), (w, h, sixteen), "{what}");
+                // WebP and BMP decode gray as RGB; TIFF's gray + alpha was written as RGBA.
+                let tiff_gray_alpha = format == ImageFormat::Tiff && gray && alpha;
+                if !tiff_gray_alpha && !matches!(format, ImageFormat::WebP | ImageFormat::Bmp) {
+                    assert_eq!(back.gray, gray, "{what}");
+                }
+                assert_eq!(back.alpha, like.alpha, "{what}");
+                let worst = back
+                    .rgb
+                    .iter()
+                    .zip(&rgb)
+                    .map(|(a, b)| (a - b).abs() * max)
+                    .fold(0f32, f32::max);
+                let allowed = if format == ImageFormat::Jpeg {
+                    40.0
+                } else {
+                    0.01
+                };
+                assert!(worst <= allowed, "{what}: off by {worst} levels");
+            }
         }
     }
 }

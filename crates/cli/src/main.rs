@@ -158,8 +158,8 @@ enum DeviceArg {
 #[derive(Args)]
 struct DataArgs {
     /// A folder with the CIFAR-10 binary files (or `cifar-10-batches-bin/` inside), or a folder
-    /// of PNG/JPEG images (`train/` and `test/` with class folders, or any tree). Default: the
-    /// cache folder, downloaded into when empty.
+    /// of images (PNG, JPEG, TIFF, WebP, BMP; `train/` and `test/` with class folders, or any
+    /// tree). Default: the cache folder, downloaded into when empty.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Center-crop images larger than the dataset's image size instead of refusing them.
@@ -324,8 +324,8 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// A noisy image (PNG or JPEG; 8- or 16-bit; gray, RGB or with alpha; any size), or a
-    /// folder of them.
+    /// A noisy image (PNG, JPEG, TIFF, WebP or BMP; 8- or 16-bit; gray, RGB or with alpha; any
+    /// size), or a folder of them.
     #[arg(long, conflicts_with = "random", required_unless_present = "random")]
     image: Option<PathBuf>,
     /// The image's noise standard deviation in 0..255 units of the full range, whatever the
@@ -353,7 +353,7 @@ struct GenerateArgs {
     /// The model checkpoint (default: the shipped model in models/).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output: an image file (.png or .jpg), a folder for a folder of images, or the grid PNG
+    /// Output: an image file (.png, .jpg, .tif, .webp (lossless) or .bmp), a folder for a folder of images, or the grid PNG
     /// for --random (the single images go into a folder named after it).
     #[arg(long)]
     out: PathBuf,
@@ -863,7 +863,7 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
     let files = images::list_images(dir)?;
     if files.is_empty() {
         bail!(
-            "--image {}: the folder has no .png or .jpg files",
+            "--image {}: the folder has no image files (.png, .jpg, .tif, .webp, .bmp)",
             dir.display()
         );
     }

@@ -23,7 +23,7 @@ pub fn offline_help(dir: &Path) -> String {
     format!(
         "To train without network access, either download {CIFAR10_URL} (md5 {CIFAR10_MD5}) \
          elsewhere and extract it so that {}/data_batch_1.bin exists (or put the archive itself at {} \
-         and run again), or pass --data with a folder that holds the CIFAR-10 binary files or PNG/JPEG \
+         and run again), or pass --data with a folder that holds the CIFAR-10 binary files or \
          images (for example the JPEG copy of CIFAR-10, extracted).",
         dir.join(BIN_DIR).display(),
         dir.join(ARCHIVE_NAME).display()

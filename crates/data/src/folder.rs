@@ -1,4 +1,4 @@
-//! Folders of PNG/JPEG images: `train/` and `test/` with class folders inside (as the JPEG copy
+//! Folders of images (PNG, JPEG, TIFF, WebP, BMP): `train/` and `test/` with class folders inside (as the JPEG copy
 //! of CIFAR-10 is laid out), class folders alone, or a flat folder of images.
 //!
 //! Files are taken in sorted file-name order, classes in sorted folder-name order. The
@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::{grid_patches, io_err, DataError, ImageSet, LoadOptions, Result, Splits};
 
-const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+/// The file name extensions of the image formats read (the `image` crate's features).
+pub const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp"];
 
-/// Whether a path names a PNG or JPEG file (by its extension, in any case).
+/// Whether a path names an image file of a format read (by its extension, in any case).
 pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())

@@ -1,7 +1,7 @@
 //! Datasets for `denoise`: where clean images come from and how they become training batches.
 //!
 //! `denoise-data` reads the official CIFAR-10 binary release (and downloads it, checked, when it
-//! is absent), reads folders of PNG/JPEG images (such as the JPEG copy of CIFAR-10), splits
+//! is absent), reads folders of images (PNG, JPEG, TIFF, WebP, BMP) (such as the JPEG copy of CIFAR-10), splits
 //! off a fixed validation set, and turns clean images into seeded, noisy training batches on a
 //! background thread (each image with its own noise level, uniform or EDM's log-normal). It
 //! also estimates the noise level of a single noisy image ([`estimate`]). Images are kept in
@@ -110,7 +110,7 @@ pub enum DataError {
         patch: usize,
     },
     /// A folder holds neither the CIFAR-10 binary files nor images.
-    #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no PNG or JPEG images found")]
+    #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no images (PNG, JPEG, TIFF, WebP, BMP) found")]
     Empty {
         /// The folder.
         path: PathBuf,
@@ -360,7 +360,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Splits> {
     if !path.exists() {
         return Err(DataError::Missing {
             path: path.to_path_buf(),
-            what: "a folder with the CIFAR-10 binary files or with PNG/JPEG images".into(),
+            what: "a folder with the CIFAR-10 binary files or with images".into(),
         });
     }
     match detect(path) {
@@ -378,7 +378,7 @@ pub fn load_test(path: &Path, opts: &LoadOptions) -> Result<ImageSet> {
     if !path.exists() {
         return Err(DataError::Missing {
             path: path.to_path_buf(),
-            what: "a folder with the CIFAR-10 binary files or with PNG/JPEG images".into(),
+            what: "a folder with the CIFAR-10 binary files or with images".into(),
         });
     }
     match detect(path) {
