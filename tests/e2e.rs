@@ -1124,6 +1124,26 @@ fn generate_denoises_any_image_and_samples_new_ones() {
         "cpu",
     ]);
     assert!(err.contains("--sampler") && err.contains("rk4"), "{err}");
+    // Sizes and counts beyond memory are refused before sampling (a memory-allocation abort).
+    for (flag, value, says) in [
+        ("--size", "100000", "--size 100000: at most 1024"),
+        ("--count", "100000000", "at most 33554432 (32768 images"),
+    ] {
+        let err = fails(&[
+            "generate",
+            "--random",
+            "--model",
+            &model,
+            flag,
+            value,
+            "--out",
+            &t("huge.png"),
+            "--device",
+            "cpu",
+        ]);
+        assert!(err.contains(says), "{err}");
+        assert!(!tmp.path().join("huge.png").exists());
+    }
     let err = fails(&[
         "generate",
         "--model",

@@ -901,8 +901,25 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
             failed.join(", ")
         );
     }
-    println!("{} images denoised into {}", files.len(), a.out.display());
+    println!(
+        "{} denoised into {}",
+        count_of(files.len(), "image"),
+        a.out.display()
+    );
     Ok(())
+}
+
+/// The largest side `generate --random` samples: one network evaluation of an image takes
+/// about 5 KB per pixel (1.37 GB peak at 512x512, measured).
+const MAX_SAMPLE_SIDE: usize = 1024;
+
+/// The most pixels `generate --random` samples at once: the sampler keeps about six copies of
+/// every image (72 bytes a pixel, 2.4 GB here), and they make one grid.
+const MAX_SAMPLE_PIXELS: usize = 1 << 25;
+
+/// `n` and the word, in the plural unless `n` is 1.
+fn count_of(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
@@ -921,6 +938,24 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     let m = model.size_multiple();
     if a.size == 0 || !a.size.is_multiple_of(m) {
         bail!("--size must be a positive multiple of {m}");
+    }
+    if a.size > MAX_SAMPLE_SIDE {
+        bail!(
+            "--size {}: at most {MAX_SAMPLE_SIDE} (the network takes about 5 KB per pixel of an \
+             image it samples, 5.5 GB at 1024x1024; it learned from small images, and much larger \
+             samples are textures rather than pictures)",
+            a.size
+        );
+    }
+    let pixels = a.count.saturating_mul(a.size * a.size);
+    if pixels > MAX_SAMPLE_PIXELS {
+        bail!(
+            "--count {} at --size {}: {pixels} pixels sampled at once, at most {MAX_SAMPLE_PIXELS} \
+             ({} images of that size): sample them in several runs with other --seed values",
+            a.count,
+            a.size,
+            MAX_SAMPLE_PIXELS / (a.size * a.size)
+        );
     }
     let method: Method = a
         .sampler
@@ -958,13 +993,13 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     let grid = eval::grid_of(&tiles, (a.count as f64).sqrt().ceil() as usize);
     eval::save_png_atomic(&grid, &a.out)?;
     println!(
-        "{} images ({}x{}, {:?} sampler, {} steps = {} network evaluations, seed {}) in {:.1} s -> {} and {}/",
-        a.count,
+        "{} ({}x{}, {:?} sampler, {} = {}, seed {}) in {:.1} s -> {} and {}/",
+        count_of(a.count, "image"),
         a.size,
         a.size,
         method,
-        a.steps,
-        cfg.evaluations(),
+        count_of(a.steps, "step"),
+        count_of(cfg.evaluations(), "network evaluation"),
         a.seed,
         t.elapsed().as_secs_f64(),
         a.out.display(),
