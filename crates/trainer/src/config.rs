@@ -300,9 +300,13 @@ impl TrainConfig {
                 self.ssim_weight
             ));
         }
-        if self.sigma_min < 0.0 || self.sigma_max < self.sigma_min {
+        // Validation draws its noise from this range: without any, every validation loss is 0
+        // and the best checkpoint is the first.
+        if !(self.sigma_min >= 0.0 && self.sigma_max >= self.sigma_min && self.sigma_max > 0.0)
+            || !self.sigma_max.is_finite()
+        {
             return bad(format!(
-                "noise range must satisfy 0 <= sigma_min <= sigma_max, got [{}, {}]",
+                "noise range must satisfy 0 <= sigma_min <= sigma_max, sigma_max > 0, got [{}, {}]",
                 self.sigma_min, self.sigma_max
             ));
         }
@@ -350,6 +354,10 @@ mod tests {
             ("val_limit", |c| c.val_limit = Some(0)),
             ("epochs", |c| c.epochs = 0),
             ("dropout", |c| c.dropout = Some(1.5)),
+            ("noise range", |c| c.sigma_max = 0.0),
+            ("noise range", |c| c.sigma_min = 60.0),
+            ("noise range", |c| c.sigma_min = -1.0),
+            ("noise range", |c| c.sigma_max = f64::INFINITY),
         ];
         for (key, set) in cases {
             let mut c = TrainConfig::default();
