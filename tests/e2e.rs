@@ -1124,6 +1124,42 @@ fn generate_denoises_any_image_and_samples_new_ones() {
         "cpu",
     ]);
     assert!(err.contains("--sampler") && err.contains("rk4"), "{err}");
+    // A training folder stands for its best model; a folder without one is named.
+    let png = dir.join("0.png");
+    for (m, out) in [
+        ("run", "via-run.png"),
+        ("run/best.safetensors", "via-best.png"),
+    ] {
+        ok(&[
+            "generate",
+            "--image",
+            png.to_str().unwrap(),
+            "--model",
+            &t(m),
+            "--sigma",
+            "20",
+            "--out",
+            &t(out),
+            "--device",
+            "cpu",
+        ]);
+    }
+    assert_eq!(
+        std::fs::read(t("via-run.png")).unwrap(),
+        std::fs::read(t("via-best.png")).unwrap()
+    );
+    let err = fails(&[
+        "generate",
+        "--image",
+        png.to_str().unwrap(),
+        "--model",
+        &t("many"),
+        "--out",
+        &t("via-many.png"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("a folder without best.safetensors"), "{err}");
     // Sizes and counts beyond memory are refused before sampling (a memory-allocation abort).
     for (flag, value, says) in [
         ("--size", "100000", "--size 100000: at most 1024"),

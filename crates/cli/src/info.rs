@@ -204,23 +204,29 @@ fn text(v: &Value) -> String {
     lines.join("\n")
 }
 
+/// The checkpoint `path` names: itself, or for a training folder the first of `names` in it.
+pub fn checkpoint_in(path: &Path, names: [&str; 2]) -> Result<std::path::PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    names
+        .iter()
+        .map(|f| path.join(f))
+        .find(|p| p.exists())
+        .with_context(|| {
+            format!(
+                "{}: a folder without {} or {}, expected a checkpoint or a training folder",
+                path.display(),
+                names[0],
+                names[1]
+            )
+        })
+}
+
 /// Prints what the checkpoint at `path` holds, as text or JSON. A training folder stands for
 /// its `last.safetensors` (or `best.safetensors` when there is no last).
 pub fn info(path: &Path, as_json: bool) -> Result<()> {
-    let path = &if path.is_dir() {
-        [LAST, BEST]
-            .iter()
-            .map(|f| path.join(f))
-            .find(|p| p.exists())
-            .with_context(|| {
-                format!(
-                    "{}: a folder without {LAST} or {BEST}, expected a checkpoint or a training folder",
-                    path.display()
-                )
-            })?
-    } else {
-        path.to_path_buf()
-    };
+    let path = &checkpoint_in(path, [LAST, BEST])?;
     let ckpt = Checkpoint::load(path)?;
     let v = describe(path, &ckpt)?;
     if as_json {

@@ -102,7 +102,8 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ExportArgs {
-    /// A training checkpoint (best.safetensors or last.safetensors).
+    /// A training checkpoint (best.safetensors or last.safetensors, or a training folder for
+    /// its best).
     #[arg(long)]
     model: PathBuf,
     /// The file to write.
@@ -281,8 +282,8 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// The checkpoint to evaluate (best.safetensors or last.safetensors; default: the shipped
-    /// model in models/, or $DENOISE_MODEL).
+    /// The checkpoint to evaluate (best.safetensors or last.safetensors, or a training folder
+    /// for its best; default: the shipped model in models/, or $DENOISE_MODEL).
     #[arg(long)]
     model: Option<PathBuf>,
     #[command(flatten)]
@@ -350,7 +351,8 @@ struct GenerateArgs {
     /// --random: image side (default: 32, the training images').
     #[arg(long, default_value_t = 32)]
     size: usize,
-    /// The model checkpoint (default: the shipped model in models/).
+    /// The model checkpoint, or a training folder for its best.safetensors (default: the
+    /// shipped model in models/, or $DENOISE_MODEL).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output: an image file (.png, .jpg, .tif, .webp (lossless) or .bmp), a folder for a folder of images, or the grid PNG
@@ -378,10 +380,14 @@ const SHIPPED_MODEL: &str = concat!(
     "/../../models/cond-unet-cifar10.safetensors"
 );
 
-/// `--model`, or where it is left out, $DENOISE_MODEL or the shipped model.
+/// `--model` (a training folder standing for its best.safetensors, or last.safetensors where
+/// there is no best), or where it is left out, $DENOISE_MODEL or the shipped model.
 fn model_path(path: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = path {
-        return Ok(p.to_path_buf());
+        return info::checkpoint_in(
+            p,
+            [denoise_trainer::train::BEST, denoise_trainer::train::LAST],
+        );
     }
     let p = std::env::var_os("DENOISE_MODEL")
         .map(PathBuf::from)
@@ -1008,7 +1014,8 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn cmd_export(a: ExportArgs) -> Result<()> {
+fn cmd_export(mut a: ExportArgs) -> Result<()> {
+    a.model = model_path(Some(&a.model))?;
     if is_same_file(&a.model, &a.out) {
         bail!(
             "--out {} is the --model itself: the model-only file would replace the training \
