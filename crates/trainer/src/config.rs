@@ -302,9 +302,8 @@ impl TrainConfig {
         }
         // Validation draws its noise from this range: without any, every validation loss is 0
         // and the best checkpoint is the first.
-        if !(self.sigma_min >= 0.0 && self.sigma_max >= self.sigma_min && self.sigma_max > 0.0)
-            || !self.sigma_max.is_finite()
-        {
+        let (lo, hi) = (self.sigma_min, self.sigma_max);
+        if !(lo >= 0.0 && hi >= lo && hi > 0.0 && hi.is_finite()) {
             return bad(format!(
                 "noise range must satisfy 0 <= sigma_min <= sigma_max, sigma_max > 0, got [{}, {}]",
                 self.sigma_min, self.sigma_max
