@@ -600,7 +600,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let st = &s.state;
     let best = st.early.best.map_or("-".into(), |b| format!("{b:.4}"));
     println!(
-        "stopped by {}: {} steps ({} images) in {:.0} s; best validation loss {best}; checkpoints in {}",
+        "stopped ({}): {} steps ({} images) in {:.0} s; best validation loss {best}; checkpoints in {}",
         s.stopped_by,
         st.global_step,
         st.images_seen,
