@@ -600,10 +600,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let st = &s.state;
     let best = st.early.best.map_or("-".into(), |b| format!("{b:.4}"));
     println!(
-        "stopped ({}): {} steps ({} images) in {:.0} s; best validation loss {best}; checkpoints in {}",
+        "stopped ({}): {} ({}) in {:.0} s; best validation loss {best}; checkpoints in {}",
         s.stopped_by,
-        st.global_step,
-        st.images_seen,
+        count_of(st.global_step as usize, "step"),
+        count_of(st.images_seen as usize, "image"),
         st.elapsed_secs,
         s.out_dir.display()
     );
