@@ -163,7 +163,8 @@ struct DataArgs {
     /// tree). Default: the cache folder, downloaded into when empty.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Center-crop images larger than the dataset's image size instead of refusing them.
+    /// Center-crop every image to the smallest height and width among them, instead of refusing
+    /// images whose size is not the first one's.
     #[arg(long)]
     crop: bool,
     /// Cut every image (of any size, at least N x N) into N x N patches on a grid and use
@@ -464,10 +465,12 @@ fn new_cuda() -> candle_core::Result<Device> {
     Ok(device)
 }
 
-fn data_options(args: &DataArgs) -> LoadOptions {
+/// How to read `--data` for a network whose image sides are multiples of `multiple`.
+fn data_options(args: &DataArgs, multiple: usize) -> LoadOptions {
     LoadOptions {
         crop: args.crop,
         size: None,
+        multiple,
         patch: args.patch.map(|p| p as usize),
     }
 }
@@ -484,16 +487,21 @@ fn data_path(args: &DataArgs, progress: bool) -> Result<PathBuf> {
     })
 }
 
-fn load_data(args: &DataArgs, progress: bool) -> Result<Splits> {
+fn load_data(args: &DataArgs, multiple: usize, progress: bool) -> Result<Splits> {
     let path = data_path(args, progress)?;
-    denoise_data::load(&path, &data_options(args))
+    denoise_data::load(&path, &data_options(args, multiple))
         .with_context(|| format!("reading the dataset in {}", path.display()))
 }
 
-fn load_test_data(args: &DataArgs, progress: bool) -> Result<denoise_data::ImageSet> {
+fn load_test_data(
+    args: &DataArgs,
+    multiple: usize,
+    progress: bool,
+) -> Result<denoise_data::ImageSet> {
     let path = data_path(args, progress)?;
     let context = || format!("reading the test images in {}", path.display());
-    let set = denoise_data::load_test(&path, &data_options(args)).with_context(context)?;
+    let set =
+        denoise_data::load_test(&path, &data_options(args, multiple)).with_context(context)?;
     eval::check_size(&set).with_context(context)?;
     Ok(set)
 }
@@ -582,7 +590,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     // Refused before the data is read, not after.
     denoise_trainer::check_out_dir(&a.out, &opts)?;
-    let data = load_data(&a.data, is_tty())?;
+    let multiple = config.model_config().map_or(1, |c| c.size_multiple());
+    let data = load_data(&a.data, multiple, is_tty())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -671,7 +680,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let model = load_model(Some(&model_file), &device, a.dtype)?;
-    let all = load_test_data(&a.data, is_tty())?;
+    let all = load_test_data(&a.data, model.size_multiple(), is_tty())?;
     let test = match a.limit {
         Some(0) => bail!("--limit must be at least 1"),
         Some(n) => all.first_balanced(n),

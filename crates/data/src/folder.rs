@@ -250,27 +250,47 @@ fn split_dirs(dir: &Path) -> (PathBuf, PathBuf) {
     }
 }
 
-/// The image size: the one asked for, or that of the first image.
-fn size_of(opts: &LoadOptions, first: Option<&PathBuf>, dir: &Path) -> Result<(usize, usize)> {
+/// The image size `(h, w)`: the one asked for; with `crop`, the smallest height and width
+/// among `files` (read from their headers), rounded down to multiples of `opts.multiple`; else
+/// that of the first file.
+fn size_of<'a>(
+    opts: &LoadOptions,
+    mut files: impl Iterator<Item = &'a PathBuf>,
+    dir: &Path,
+) -> Result<(usize, usize)> {
     if let Some(s) = opts.size {
         return Ok(s);
     }
-    let first = first.ok_or_else(|| DataError::Empty {
+    let dims = |path: &PathBuf| {
+        image::image_dimensions(path)
+            .map(|(w, h)| (h as usize, w as usize))
+            .map_err(|e| DataError::Image {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+    };
+    let first = files.next().ok_or_else(|| DataError::Empty {
         path: dir.to_path_buf(),
     })?;
-    let (_, h, w) = read_rgb(first, None, false)?;
-    Ok((h, w))
+    let mut size = dims(first)?;
+    if opts.crop {
+        for f in files {
+            let (h, w) = dims(f)?;
+            size = (size.0.min(h), size.1.min(w));
+        }
+        let m = opts.multiple.max(1);
+        if size.0 >= m && size.1 >= m {
+            size = (size.0 / m * m, size.1 / m * m);
+        }
+    }
+    Ok(size)
 }
 
 /// Loads only the test images of a folder (what [`load_splits`] would give as `test`).
 pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
     let (_, test_dir) = split_dirs(dir);
     let test_classes = classes(&test_dir)?;
-    let size = size_of(
-        opts,
-        test_classes.first().and_then(|c| c.1.first()),
-        &test_dir,
-    )?;
+    let size = size_of(opts, test_classes.iter().flat_map(|c| &c.1), &test_dir)?;
     let names = test_classes.iter().map(|c| c.0.clone()).collect();
     read_as(&labeled(&test_classes), size, opts, names)
 }
@@ -280,9 +300,14 @@ pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
 pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
     let (train_dir, test_dir) = split_dirs(dir);
     let train_classes = classes(&train_dir)?;
+    let test_classes = if test_dir == train_dir {
+        Vec::new()
+    } else {
+        classes(&test_dir)?
+    };
     let size = size_of(
         opts,
-        train_classes.first().and_then(|c| c.1.first()),
+        train_classes.iter().chain(&test_classes).flat_map(|c| &c.1),
         &train_dir,
     )?;
     let names: Vec<String> = train_classes.iter().map(|c| c.0.clone()).collect();
@@ -304,7 +329,6 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
     let test = if test_dir == train_dir {
         read_as(&labeled(&train_classes), size, opts, names)?
     } else {
-        let test_classes = classes(&test_dir)?;
         // Test labels follow the training class names where they match.
         let tnames: Vec<String> = test_classes.iter().map(|c| c.0.clone()).collect();
         read_as(&labeled(&test_classes), size, opts, tnames)?

@@ -82,7 +82,7 @@ pub enum DataError {
         reason: String,
     },
     /// An image of a folder dataset has another size than the dataset's.
-    #[error("{path}: image is {found_w}x{found_h}, the dataset's images are {want_w}x{want_h} (pass the crop option to center-crop larger images)")]
+    #[error("{path}: image is {found_w}x{found_h}, the dataset's images are {want_w}x{want_h} (the crop option center-crops every image to the smallest height and width among them)")]
     WrongImageSize {
         /// The file.
         path: PathBuf,
@@ -289,10 +289,15 @@ pub struct Splits {
 /// How a folder given as `--data` is read.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Center-crop larger images to the training size instead of refusing them.
+    /// Center-crop every image to the training size instead of refusing those of another size.
     pub crop: bool,
-    /// The training size `(h, w)`; by default the size of the first image.
+    /// The training size `(h, w)`; by default the size of the first image, or with `crop` the
+    /// smallest height and width among the images, each rounded down to a multiple of
+    /// `multiple`.
     pub size: Option<(usize, usize)>,
+    /// With `crop`: the sides of the size found are rounded down to a multiple of this (the
+    /// network's; 0 or 1: not rounded).
+    pub multiple: usize,
     /// Cut every image, of any size at least this, into `patch x patch` squares on a centred
     /// grid ([`grid_patches`]), instead of using whole images of one size. For training on
     /// photos: each becomes many training images. `crop` and `size` are then ignored.

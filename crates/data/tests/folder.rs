@@ -159,3 +159,46 @@ fn image_sets_cut_into_patches_keep_their_labels() {
     assert!(set.patches(17).is_err());
     assert!(set.patches(0).is_err());
 }
+
+/// With `crop`, images of different sizes are center-cropped to the smallest height and width
+/// among them, rounded down to the network's multiple; without it, a size other than the
+/// first image's is an error that names the file. (The size used to be the first image's
+/// even with `crop`, and a smaller image failed with a message asking for `crop`.)
+#[test]
+fn crop_takes_the_smallest_size_rounded_to_the_multiple() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [(40u32, 40u32), (30, 21), (25, 19), (33, 27)];
+    for (k, &(w, h)) in sizes.iter().enumerate() {
+        coords_png(&dir.path().join(format!("p{k}.png")), k as u8, w, h);
+    }
+    let opts = LoadOptions {
+        crop: true,
+        multiple: 4,
+        ..Default::default()
+    };
+    let s = load_test(dir.path(), &opts).unwrap();
+    // Smallest: 25 wide, 19 high; rounded down to multiples of 4: 24x16.
+    assert_eq!((s.n, s.h, s.w), (4, 16, 24));
+    for (k, &(w, h)) in sizes.iter().enumerate() {
+        let (x0, y0) = ((w as usize - 24) / 2, (h as usize - 16) / 2);
+        let img = s.image(k);
+        assert_eq!(
+            (img[0], img[16 * 24], img[2 * 16 * 24]),
+            (x0 as u8, y0 as u8, k as u8),
+            "image {k}"
+        );
+    }
+    let not_rounded = LoadOptions {
+        multiple: 1,
+        ..opts.clone()
+    };
+    let s = load_test(dir.path(), &not_rounded).unwrap();
+    assert_eq!((s.h, s.w), (19, 25));
+    match load_test(dir.path(), &LoadOptions::default()) {
+        Err(e @ DataError::WrongImageSize { .. }) => {
+            let e = e.to_string();
+            assert!(e.contains("p1.png") && e.contains("crop"), "{e}");
+        }
+        other => panic!("expected WrongImageSize, got {:?}", other.map(|s| s.n)),
+    }
+}

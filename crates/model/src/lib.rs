@@ -168,6 +168,14 @@ impl ModelConfig {
             Self::CondUnet(c) => c.base = width,
         }
     }
+
+    /// Image sides must be multiples of this (seed-unet pools three times).
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            Self::SeedUnet(_) => 8,
+            Self::CondUnet(c) => c.size_multiple(),
+        }
+    }
 }
 
 /// A network of any architecture.
@@ -265,10 +273,7 @@ impl Model {
 
     /// Image sides must be multiples of this.
     pub fn size_multiple(&self) -> usize {
-        match self {
-            Self::SeedUnet(_) => 8,
-            Self::CondUnet(m) => m.config.size_multiple(),
-        }
+        self.config().size_multiple()
     }
 
     /// Whether the network takes the noise level as an input (and so can also sample).

@@ -288,7 +288,10 @@ pub fn check_out_dir(out_dir: &Path, opts: &TrainOptions) -> Result<()> {
     let steps = read_state(out_dir)
         .ok()
         .flatten()
-        .map_or(String::new(), |s| format!(" ({} steps)", s.global_step));
+        .map_or(String::new(), |s| match s.global_step {
+            1 => " (1 step)".into(),
+            n => format!(" ({n} steps)"),
+        });
     Err(TrainError::RunExists {
         path: out_dir.display().to_string(),
         what: if last.exists() {
