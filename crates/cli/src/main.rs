@@ -819,10 +819,16 @@ fn denoise_file(
     images::check_writable(&pic, format).with_context(|| format!("--out {}", out.display()))?;
     let (sigma, how) = match a.sigma {
         Some(s) => (s / 255.0, "given"),
-        None => (
-            denoise_data::estimate::estimate_sigma(&pic.rgb, (3, pic.h, pic.w)),
-            "estimated",
-        ),
+        None => {
+            use denoise_data::estimate::{estimate_sigma_from, Basis};
+            match estimate_sigma_from(&pic.rgb, (3, pic.h, pic.w)) {
+                (s, Basis::Channels) => (s, "estimated"),
+                (s, Basis::Luma) => (
+                    s,
+                    "estimated from the brightness: the colours are smoother, as in most JPEGs",
+                ),
+            }
+        }
     };
     let min = denoise_data::estimate::MIN_SIDE;
     if a.sigma.is_none() && model.is_conditioned() && (pic.h < min || pic.w < min) {

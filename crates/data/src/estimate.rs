@@ -22,10 +22,24 @@ pub const MIN_SIDE: usize = 4;
 /// subsampled colour, as cameras, phones and most encoders write them; a video frame) gets
 /// [`estimate_luma_sigma`] instead: there the subsampling removed the noise from half the patch
 /// directions, and the estimate over all channels came out near 0.
-pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
+pub fn estimate_sigma(img: &[f32], dims: (usize, usize, usize)) -> f64 {
+    estimate_sigma_from(img, dims).0
+}
+
+/// What [`estimate_sigma`] estimated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// The patches of all (distinct) channels.
+    Channels,
+    /// The luma alone ([`estimate_luma_sigma`]): the colours held much less noise.
+    Luma,
+}
+
+/// [`estimate_sigma`], and what it estimated from.
+pub fn estimate_sigma_from(img: &[f32], (c, h, w): (usize, usize, usize)) -> (f64, Basis) {
     let p = patch_side(h, w);
     if h < p || w < p || c == 0 {
-        return 0.0;
+        return (0.0, Basis::Channels);
     }
     let plane = |ch: usize| &img[ch * h * w..(ch + 1) * h * w];
     let mut kept: Vec<usize> = Vec::with_capacity(c);
@@ -36,17 +50,17 @@ pub fn estimate_sigma(img: &[f32], (c, h, w): (usize, usize, usize)) -> f64 {
     }
     if kept.len() < c {
         let distinct: Vec<f32> = kept.iter().flat_map(|&k| plane(k)).copied().collect();
-        return estimate_sigma(&distinct, (kept.len(), h, w));
+        return estimate_sigma_from(&distinct, (kept.len(), h, w));
     }
     let flat = flat_pixels(img, (c, h, w));
     let all = patch_estimate(img, (c, h, w), &flat, f64::INFINITY).map_or(0.0, |(s, _)| s);
     if c == 3 && h.min(w) >= LUMA_MIN_SIDE {
         let luma = luma_estimate(img, (h, w), &flat);
         if all < LUMA_FALLBACK * luma {
-            return luma;
+            return (luma, Basis::Luma);
         }
     }
-    all
+    (all, Basis::Channels)
 }
 
 /// [`estimate_sigma`] falls back on the brightness's estimate when the estimate over all

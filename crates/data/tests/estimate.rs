@@ -2,7 +2,8 @@
 //! sigma 5 to 50 (0..255 units): within 15 %.
 
 use denoise_data::estimate::{
-    estimate_luma_sigma, estimate_sigma, estimate_sigma_mad, LUMA_MIN_SIDE,
+    estimate_luma_sigma, estimate_sigma, estimate_sigma_from, estimate_sigma_mad, Basis,
+    LUMA_MIN_SIDE,
 };
 use denoise_data::noise::{add_gaussian, rng_for};
 
@@ -188,6 +189,7 @@ fn subsampled_colour_is_estimated_from_the_luma() {
             let luma = estimate_luma_sigma(&img, (h, w)) * 255.0;
             eprintln!("subsampled, sigma {sigma}: {est:.2} (white noise: {white:.2})");
             assert_eq!(est, luma);
+            assert_eq!(estimate_sigma_from(&img, (3, h, w)).1, Basis::Luma);
             assert!((est - sigma).abs() / sigma < 0.15, "sigma {sigma}: {est}");
             assert!(
                 (white - sigma).abs() / sigma < 0.15,
