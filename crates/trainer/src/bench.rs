@@ -171,33 +171,36 @@ pub fn bench(
         let grads = loss.backward()?;
         lap(2)?;
         adam.step(&grads)?;
-        lap(3)?;
-        loss.to_scalar::<f32>()?; // waits for the device
-        Ok(())
+        lap(3)
     };
     let mut no_laps = |_: usize| Ok(());
     let infer_step = || -> Result<()> {
         // Without a graph, as PyTorch's `no_grad` in unet_bench.py.
-        let y = denoise_model::layers::inference(|| {
+        denoise_model::layers::inference(|| {
             infer_model.forward(&infer, Some(&infer_sigma), None)
         })?;
-        y.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };
     // Warm-up: allocations, kernel loading, autotuning.
     train_step(&mut no_laps)?;
     infer_step()?;
+    device.synchronize()?;
+    // A round's steps are queued on the device one after the other and waited for once, at
+    // the end of the round, as unet_bench.py does (a wait after each step would leave the
+    // device idle while the next one is queued).
     let (mut tr, mut inf) = (Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         for _ in 0..steps.max(1) {
             train_step(&mut no_laps)?;
         }
+        device.synchronize()?;
         tr.push((steps.max(1) * train_batch) as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for _ in 0..steps.max(1) {
             infer_step()?;
         }
+        device.synchronize()?;
         inf.push((steps.max(1) * infer_batch) as f64 / t.elapsed().as_secs_f64());
     }
     // The phases, in a round of their own (see `Phases`).
