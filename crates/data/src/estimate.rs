@@ -18,6 +18,9 @@ pub const MIN_SIDE: usize = 4;
 /// Patches that reach into a flat region (transparent, clipped to black or white, letterboxed:
 /// see `flat_pixels`) are left out, so that such regions do not dilute the estimate.
 ///
+/// A single channel (a gray picture) is estimated from its patches of weak texture, as the luma
+/// below: over all its patches, a clean photo's fine detail read as noise of sigma 4 to 10.
+///
 /// A colour picture whose colours hold much less noise than its brightness (a JPEG with
 /// subsampled colour, as cameras, phones and most encoders write them; a video frame) gets
 /// [`estimate_luma_sigma`] instead: there the subsampling removed the noise from half the patch
@@ -53,6 +56,9 @@ pub fn estimate_sigma_from(img: &[f32], (c, h, w): (usize, usize, usize)) -> (f6
         return estimate_sigma_from(&distinct, (kept.len(), h, w));
     }
     let flat = flat_pixels(img, (c, h, w));
+    if c == 1 {
+        return (weak_texture_estimate(img, (h, w), &flat), Basis::Channels);
+    }
     let all = patch_estimate(img, (c, h, w), &flat, f64::INFINITY).map_or(0.0, |(s, _)| s);
     if c == 3 && h.min(w) >= LUMA_MIN_SIDE {
         let luma = luma_estimate(img, (h, w), &flat);

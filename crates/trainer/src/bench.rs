@@ -176,9 +176,7 @@ pub fn bench(
     let mut no_laps = |_: usize| Ok(());
     let infer_step = || -> Result<()> {
         // Without a graph, as PyTorch's `no_grad` in unet_bench.py.
-        denoise_model::layers::inference(|| {
-            infer_model.forward(&infer, Some(&infer_sigma), None)
-        })?;
+        denoise_model::layers::inference(|| infer_model.forward(&infer, Some(&infer_sigma), None))?;
         Ok(())
     };
     // Warm-up: allocations, kernel loading, autotuning.
