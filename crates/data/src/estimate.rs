@@ -13,8 +13,9 @@ pub const MIN_SIDE: usize = 4;
 
 /// Noise level estimate, on the image's own value scale, of a `(c, h, w)` image.
 /// Returns 0 for images smaller than [`MIN_SIDE`] on either side. Channels that repeat an
-/// earlier one (a gray picture stored as RGB) count once: their copies would add patch
-/// directions without noise, and so eigenvalues of 0, and the estimate would come out 0.
+/// earlier one (a gray picture stored as RGB) count once, and constant channels not at all:
+/// they would add patch directions without noise, and so eigenvalues of 0, and the estimate
+/// would come out 0 or low.
 /// Patches that reach into a flat region (transparent, clipped to black or white, letterboxed:
 /// see `flat_pixels`) are left out, so that such regions do not dilute the estimate.
 ///
@@ -47,9 +48,13 @@ pub fn estimate_sigma_from(img: &[f32], (c, h, w): (usize, usize, usize)) -> (f6
     let plane = |ch: usize| &img[ch * h * w..(ch + 1) * h * w];
     let mut kept: Vec<usize> = Vec::with_capacity(c);
     for ch in 0..c {
-        if !kept.iter().any(|&k| plane(k) == plane(ch)) {
+        let constant = plane(ch).iter().all(|&v| v == plane(ch)[0]);
+        if !constant && !kept.iter().any(|&k| plane(k) == plane(ch)) {
             kept.push(ch);
         }
+    }
+    if kept.is_empty() {
+        return (0.0, Basis::Channels);
     }
     if kept.len() < c {
         let distinct: Vec<f32> = kept.iter().flat_map(|&k| plane(k)).copied().collect();
