@@ -1508,3 +1508,79 @@ fn bench_reports_throughput_and_phases() {
     let err = fails(&["bench", "--size", "12", "--device", "cpu"]);
     assert!(err.contains("--size"), "{err}");
 }
+
+/// `estimate`: the noise level of each image of a folder, as a table and as JSON, without a
+/// model; a file that cannot be read is named and the command fails; --json must not be an
+/// image.
+#[test]
+fn estimate_reports_noise_levels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("noisy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (w, h) = (96usize, 80usize);
+    for (name, sigma, gray) in [("a.png", 20.0f32, false), ("b.png", 8.0, true)] {
+        let clean: Vec<f32> = (0..3)
+            .flat_map(|c| (0..h * w).map(move |i| (c, i)))
+            .map(|(c, i)| smooth(1, if gray { 0 } else { c }, i / w, i % w) as f32 / 255.0)
+            .collect();
+        let mut rng = denoise_data::noise::rng_for(&[name.len() as u64, sigma as u64]);
+        let noisy = if gray {
+            let one = denoise_data::noise::add_gaussian(&clean[..h * w], sigma / 255.0, &mut rng);
+            [one.clone(), one.clone(), one].concat()
+        } else {
+            denoise_data::noise::add_gaussian(&clean, sigma / 255.0, &mut rng)
+        };
+        let px = |c: usize, i: usize| (noisy[c * h * w + i].clamp(0.0, 1.0) * 255.0).round() as u8;
+        image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let i = y as usize * w + x as usize;
+            image::Rgb([px(0, i), px(1, i), px(2, i)])
+        })
+        .save(dir.join(name))
+        .unwrap();
+    }
+    let json = tmp.path().join("noise.json");
+    let text = ok(&[
+        "estimate",
+        "--image",
+        dir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("| image | size | noise sigma | from |"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    for (row, sigma, from) in [
+        (&images[0], 20.0, "colour channels"),
+        (&images[1], 8.0, "gray"),
+    ] {
+        let est = row["sigma"].as_f64().unwrap();
+        assert!((est - sigma).abs() < 0.15 * sigma, "{row}");
+        assert_eq!(row["from"], from, "{row}");
+        assert_eq!(
+            (row["width"].as_u64(), row["height"].as_u64()),
+            (Some(96), Some(80))
+        );
+    }
+    std::fs::write(dir.join("c.png"), "not a PNG").unwrap();
+    let err = fails(&["estimate", "--image", dir.to_str().unwrap()]);
+    assert!(
+        err.contains("c.png") && err.contains("1 of 3 images failed"),
+        "{err}"
+    );
+    let a = dir.join("a.png");
+    let before = std::fs::read(&a).unwrap();
+    let err = fails(&[
+        "estimate",
+        "--image",
+        a.to_str().unwrap(),
+        "--json",
+        a.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is the image"), "{err}");
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+}

@@ -142,7 +142,7 @@ failed.
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftest> [ARGS]
+const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftest|estimate> [ARGS]
                                                     (release build of `denoise`, then the subcommand)
        cargo xtask ci                               (fmt --check, clippy -D warnings, tests)
        cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--python PY] [--json FILE]
@@ -156,9 +156,9 @@ const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftes
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some(sub @ ("train" | "eval" | "generate" | "export" | "info" | "selftest")) => {
-            denoise(sub, &args[1..])
-        }
+        Some(
+            sub @ ("train" | "eval" | "generate" | "export" | "info" | "selftest" | "estimate"),
+        ) => denoise(sub, &args[1..]),
         Some(task @ ("ci" | "bench" | "gpu-bundle" | "gpu-dry-run"))
             if args[1..].iter().any(|a| a == "-h" || a == "--help") =>
         {

@@ -54,6 +54,19 @@ enum Command {
     /// What a checkpoint holds: network, tensors, training progress and recipe, whether it can
     /// be resumed, and its stored eval table.
     Info(InfoArgs),
+    /// The noise level of an image or of each image in a folder, as `generate` estimates it
+    /// (no model needed).
+    Estimate(EstimateArgs),
+}
+
+#[derive(Args)]
+struct EstimateArgs {
+    /// An image (PNG, JPEG, TIFF, WebP or BMP), or a folder of them.
+    #[arg(long)]
+    image: PathBuf,
+    /// Also write the estimates as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -880,14 +893,88 @@ fn denoise_file(
     ))
 }
 
-fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
-    let files = images::list_images(dir)?;
+/// The image files `--image` names: itself, or those in the folder it names.
+fn images_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        if !path.exists() {
+            bail!("--image {}: no such file or folder", path.display());
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let files = images::list_images(path)?;
     if files.is_empty() {
         bail!(
             "--image {}: the folder has no image files (.png, .jpg, .tif, .webp, .bmp)",
-            dir.display()
+            path.display()
         );
     }
+    Ok(files)
+}
+
+fn cmd_estimate(a: EstimateArgs) -> Result<()> {
+    use denoise_data::estimate::{estimate_sigma_from, Basis};
+    let files = images_of(&a.image)?;
+    if let Some(path) = &a.json {
+        if let Some(f) = files.iter().find(|f| is_same_file(f, path)) {
+            bail!(
+                "--json {} is the image {} itself: the estimates would replace it",
+                path.display(),
+                f.display()
+            );
+        }
+    }
+    println!("| image | size | noise sigma | from |");
+    println!("|:---|:---|---:|:---|");
+    let (mut rows, mut failed) = (Vec::new(), Vec::new());
+    for f in &files {
+        match images::read(f) {
+            Ok(pic) => {
+                let (sigma, basis) = estimate_sigma_from(&pic.rgb, (3, pic.h, pic.w));
+                let from = match basis {
+                    _ if pic.h.min(pic.w) < denoise_data::estimate::MIN_SIDE => "too small",
+                    _ if denoise_model::tiles::is_gray(&pic.rgb, 3) => "gray",
+                    Basis::Channels => "colour channels",
+                    Basis::Luma => "brightness (colours subsampled)",
+                };
+                println!(
+                    "| {} | {} | {:.2} | {from} |",
+                    f.display(),
+                    pic.describe(),
+                    sigma * 255.0
+                );
+                rows.push(serde_json::json!({
+                    "image": f.display().to_string(),
+                    "width": pic.w,
+                    "height": pic.h,
+                    "sigma": sigma * 255.0,
+                    "from": from,
+                }));
+            }
+            Err(e) => {
+                eprintln!("error: {}", report(&e));
+                failed.push(f.display().to_string());
+            }
+        }
+    }
+    if let Some(path) = &a.json {
+        write_json(
+            path,
+            &serde_json::json!({ "sigma_units": "0..255", "images": rows }),
+        )?;
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} images failed: {}",
+            failed.len(),
+            files.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
+    let files = images_of(dir)?;
     if a.out.exists() && !a.out.is_dir() {
         bail!(
             "--out {}: with a folder of images, --out must be a folder",
@@ -1190,6 +1277,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd_bench(a),
         Command::Selftest(a) => cmd_selftest(a),
         Command::Info(a) => info::info(&a.checkpoint, a.json),
+        Command::Estimate(a) => cmd_estimate(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
