@@ -369,8 +369,9 @@ struct GenerateArgs {
     /// shipped model in models/, or $DENOISE_MODEL).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output: an image file (.png, .jpg, .tif, .webp (lossless) or .bmp), a folder for a folder of images, or the grid PNG
-    /// for --random (the single images go into a folder named after it).
+    /// Output: an image file (.png, .jpg, .tif, .webp (lossless) or .bmp), a folder for a
+    /// folder of images, or the grid PNG for --random (the single images go into a folder named
+    /// after it).
     #[arg(long)]
     out: PathBuf,
     /// Images with more pixels than this are denoised in overlapping tiles of at most 256x256.
