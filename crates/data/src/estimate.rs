@@ -65,8 +65,8 @@ pub fn estimate_sigma_from(img: &[f32], (c, h, w): (usize, usize, usize)) -> (f6
         return (weak_texture_estimate(img, (h, w), &flat), Basis::Channels);
     }
     let all = patch_estimate(img, (c, h, w), &flat, f64::INFINITY).map_or(0.0, |(s, _)| s);
-    if c == 3 && h.min(w) >= LUMA_MIN_SIDE {
-        let luma = luma_estimate(img, (h, w), &flat);
+    if c == 3 && h.min(w) >= LUMA_MIN_SIDE_FULL {
+        let luma = luma_estimate(img, (h, w), &flat, h.min(w) >= LUMA_MIN_SIDE);
         if all < LUMA_FALLBACK * luma {
             return (luma, Basis::Luma);
         }
@@ -80,11 +80,19 @@ pub fn estimate_sigma_from(img: &[f32], (c, h, w): (usize, usize, usize)) -> (f6
 /// photos, where both are near 0); in noisy JPEGs with colour subsampling, 0.02 to 0.15.
 const LUMA_FALLBACK: f64 = 0.5;
 
-/// The smallest side of a picture whose luma [`estimate_sigma`] consults. On smaller ones the
-/// luma alone is too little to tell fine noise from fine detail: clean 128x128 crops of
-/// textured photos (JPEG, quality 90) came out at sigma 8 to 15, a clean 32x32 CIFAR-10 image
-/// at 53; 256x256 crops at 0.8 to 3.7 clean and 4.2 to 5.5 with noise of sigma 5.
+/// The smallest side of a picture whose luma [`estimate_sigma`] also estimates at half size (for
+/// JPEG's quantisation, see [`estimate_luma_sigma`]). On smaller ones the half-size luma is too
+/// little to tell fine noise from fine detail: clean 128x128 crops of textured photos (JPEG,
+/// quality 90) came out at sigma 8 to 15; 256x256 crops at 0.8 to 3.7 clean and 4.2 to 5.5 with
+/// noise of sigma 5.
 pub const LUMA_MIN_SIDE: usize = 256;
+
+/// The smallest side of a picture whose luma [`estimate_sigma`] consults, at full size only
+/// below [`LUMA_MIN_SIDE`]. Crops of 64x64 and 128x128 of the photos of `docs/results.md`, JPEG
+/// with colour subsampled: clean 0 to 4.3 (mostly under 2.5), sigma 10 at quality 90 4.8 to
+/// 12.4, sigma 25 12.9 to 27.8 (over all channels: 0.3 to 2); on 32x32 CIFAR-10 images the
+/// luma alone tells noise from detail too badly.
+pub const LUMA_MIN_SIDE_FULL: usize = 64;
 
 /// The luma weights of BT.601, as JPEG's YCbCr uses them.
 const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
@@ -100,30 +108,32 @@ const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
 /// looks), less out of coarser detail: the luma is also estimated at half size (means of 2x2
 /// pixels, whose noise is half the pixels'), and the larger of the two estimates is returned.
 pub fn estimate_luma_sigma(img: &[f32], (h, w): (usize, usize)) -> f64 {
-    luma_estimate(img, (h, w), &flat_pixels(img, (3, h, w)))
+    luma_estimate(img, (h, w), &flat_pixels(img, (3, h, w)), true)
 }
 
-/// [`estimate_luma_sigma`] with the flat pixels already found.
-fn luma_estimate(img: &[f32], (h, w): (usize, usize), flat: &[bool]) -> f64 {
+/// [`estimate_luma_sigma`] with the flat pixels already found; at full size only unless
+/// `halved`.
+fn luma_estimate(img: &[f32], (h, w): (usize, usize), flat: &[bool], halved: bool) -> f64 {
     let plane = |ch: usize| &img[ch * h * w..(ch + 1) * h * w];
     let luma: Vec<f32> = (0..h * w)
         .map(|i| (0..3).map(|ch| LUMA[ch] * plane(ch)[i] as f64).sum::<f64>() as f32)
         .collect();
-    let (hh, wh) = (h / 2, w / 2);
-    let mut half = vec![0f32; hh * wh];
-    let mut half_flat = vec![false; hh * wh];
-    for y in 0..hh {
-        for x in 0..wh {
-            let at = [(2 * y) * w + 2 * x, (2 * y) * w + 2 * x + 1];
-            let quad = [at[0], at[1], at[0] + w, at[1] + w];
-            half[y * wh + x] = quad.iter().map(|&i| luma[i]).sum::<f32>() / 4.0;
-            half_flat[y * wh + x] = quad.iter().any(|&i| flat[i]);
+    let mut sigma = weak_texture_estimate(&luma, (h, w), flat);
+    if halved {
+        let (hh, wh) = (h / 2, w / 2);
+        let mut half = vec![0f32; hh * wh];
+        let mut half_flat = vec![false; hh * wh];
+        for y in 0..hh {
+            for x in 0..wh {
+                let at = [(2 * y) * w + 2 * x, (2 * y) * w + 2 * x + 1];
+                let quad = [at[0], at[1], at[0] + w, at[1] + w];
+                half[y * wh + x] = quad.iter().map(|&i| luma[i]).sum::<f32>() / 4.0;
+                half_flat[y * wh + x] = quad.iter().any(|&i| flat[i]);
+            }
         }
+        sigma = sigma.max(2.0 * weak_texture_estimate(&half, (hh, wh), &half_flat));
     }
-    let full = weak_texture_estimate(&luma, (h, w), flat);
-    let halved = 2.0 * weak_texture_estimate(&half, (hh, wh), &half_flat);
-    let gain = LUMA.iter().map(|l| l * l).sum::<f64>().sqrt();
-    full.max(halved) / gain
+    sigma / LUMA.iter().map(|l| l * l).sum::<f64>().sqrt()
 }
 
 /// Liu et al.'s iteration on one channel: Chen et al.'s estimate from all patches, then from
