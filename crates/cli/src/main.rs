@@ -963,11 +963,16 @@ fn cmd_estimate(a: EstimateArgs) -> Result<()> {
             &serde_json::json!({ "sigma_units": "0..255", "images": rows }),
         )?;
     }
+    some_failed(&failed, files.len())?;
+    Ok(())
+}
+
+/// An error naming the `failed` files of `total`, if any (each was reported as it failed).
+fn some_failed(failed: &[String], total: usize) -> Result<()> {
     if !failed.is_empty() {
         bail!(
-            "{} of {} images failed: {}",
+            "{} of {total} images failed: {}",
             failed.len(),
-            files.len(),
             failed.join(", ")
         );
     }
@@ -1002,14 +1007,7 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
         bar.set_position(i as u64 + 1);
     }
     bar.finish_and_clear();
-    if !failed.is_empty() {
-        bail!(
-            "{} of {} images failed: {}",
-            failed.len(),
-            files.len(),
-            failed.join(", ")
-        );
-    }
+    some_failed(&failed, files.len())?;
     println!(
         "{} denoised into {}",
         count_of(files.len(), "image"),
