@@ -141,6 +141,7 @@ pub fn bench(
     repeats: usize,
     dtype: DType,
 ) -> Result<BenchResult> {
+    let (steps, repeats) = (steps.max(1), repeats.max(1));
     let model = Model::new(config, device, 0)?;
     let train_model = model.with_compute_dtype(dtype);
     let infer_model = model.to_dtype(dtype)?;
@@ -187,23 +188,23 @@ pub fn bench(
     // the end of the round, as unet_bench.py does (a wait after each step would leave the
     // device idle while the next one is queued).
     let (mut tr, mut inf) = (Vec::new(), Vec::new());
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats {
         let t = Instant::now();
-        for _ in 0..steps.max(1) {
+        for _ in 0..steps {
             train_step(&mut no_laps)?;
         }
         device.synchronize()?;
-        tr.push((steps.max(1) * train_batch) as f64 / t.elapsed().as_secs_f64());
+        tr.push((steps * train_batch) as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        for _ in 0..steps.max(1) {
+        for _ in 0..steps {
             infer_step()?;
         }
         device.synchronize()?;
-        inf.push((steps.max(1) * infer_batch) as f64 / t.elapsed().as_secs_f64());
+        inf.push((steps * infer_batch) as f64 / t.elapsed().as_secs_f64());
     }
     // The phases, in a round of their own (see `Phases`).
     let mut ms = [0f64; 4];
-    for _ in 0..steps.max(1) {
+    for _ in 0..steps {
         let mut t = Instant::now();
         train_step(&mut |i: usize| -> Result<()> {
             device.synchronize()?;
@@ -212,7 +213,7 @@ pub fn bench(
             Ok(())
         })?;
     }
-    let per = |v: f64| v / steps.max(1) as f64;
+    let per = |v: f64| v / steps as f64;
     let phases = Phases {
         forward_ms: per(ms[0]),
         loss_ms: per(ms[1]),
