@@ -142,6 +142,12 @@ summary = {
               "denoise_cudnn": ours_cudnn,
               "cudnn_train_ratio_vs_pytorch": ratio(ours_cudnn, torch_, "train_img_per_s"),
               "cudnn_infer_ratio_vs_pytorch": ratio(ours_cudnn, torch_, "infer_img_per_s"),
+              "denoise_cudnn_heuristic": load("bench-seed-unet-cudnn-heuristic.json"),
+              "cudnn_heuristic_train_ratio_vs_pytorch": ratio(load("bench-seed-unet-cudnn-heuristic.json"), torch_, "train_img_per_s"),
+              "cudnn_heuristic_infer_ratio_vs_pytorch": ratio(load("bench-seed-unet-cudnn-heuristic.json"), torch_, "infer_img_per_s"),
+              "pytorch_cudnn_benchmark": load("torch-bench-cudnn-benchmark.json"),
+              "cudnn_train_ratio_vs_pytorch_cudnn_benchmark": ratio(ours_cudnn, load("torch-bench-cudnn-benchmark.json"), "train_img_per_s"),
+              "cudnn_infer_ratio_vs_pytorch_cudnn_benchmark": ratio(ours_cudnn, load("torch-bench-cudnn-benchmark.json"), "infer_img_per_s"),
               "denoise_cudnn_tf32": ours_cudnn_tf32,
               "cudnn_train_ratio_tf32_vs_pytorch_tf32": ratio(ours_cudnn_tf32, torch_tf32, "train_img_per_s"),
               "cudnn_infer_ratio_tf32_vs_pytorch_tf32": ratio(ours_cudnn_tf32, torch_tf32, "infer_img_per_s")},
@@ -167,6 +173,8 @@ print(json.dumps({k: summary[k] for k in ["gpu", "status", "missing_libraries"]}
 b = summary["bench"]
 print("vs PyTorch FP32, train/infer: denoise", b["train_ratio_vs_pytorch"], b["infer_ratio_vs_pytorch"],
       "denoise-cudnn", b["cudnn_train_ratio_vs_pytorch"], b["cudnn_infer_ratio_vs_pytorch"])
+print("denoise-cudnn with heuristics vs PyTorch FP32, train/infer:", b["cudnn_heuristic_train_ratio_vs_pytorch"], b["cudnn_heuristic_infer_ratio_vs_pytorch"],
+      "; denoise-cudnn vs PyTorch cudnn.benchmark:", b["cudnn_train_ratio_vs_pytorch_cudnn_benchmark"], b["cudnn_infer_ratio_vs_pytorch_cudnn_benchmark"])
 print("vs PyTorch TF32, train/infer: denoise", b["train_ratio_tf32_vs_pytorch_tf32"], b["infer_ratio_tf32_vs_pytorch_tf32"],
       "denoise-cudnn", b["cudnn_train_ratio_tf32_vs_pytorch_tf32"], b["cudnn_infer_ratio_tf32_vs_pytorch_tf32"])
 print("cond-unet vs PyTorch FP32, train/infer:", summary["cond_unet_train_ratio_vs_pytorch"], summary["cond_unet_infer_ratio_vs_pytorch"])
@@ -192,6 +200,11 @@ run torch-bench 60 python3 unet_bench.py --device "$DEVICE" $B
 tail -n 1 "$OUT/torch-bench.log" > "$OUT/torch-bench.json"
 run torch-bench-tf32 45 python3 unet_bench.py --device "$DEVICE" $B --tf32
 tail -n 1 "$OUT/torch-bench-tf32.log" > "$OUT/torch-bench-tf32.json"
+# cuDNN's algorithms: timed per shape (denoise's default, PyTorch's cudnn.benchmark) or picked by
+# heuristics (PyTorch's default, DENOISE_CUDNN_BENCHMARK=0), both ways on both sides.
+run bench-seed-unet-cudnn-heuristic 45 env DENOISE_CUDNN_BENCHMARK=0 ./denoise-cudnn bench --arch seed-unet --device "$DEVICE" $B --json "$OUT/bench-seed-unet-cudnn-heuristic.json"
+run torch-bench-cudnn-benchmark 45 python3 unet_bench.py --device "$DEVICE" $B --cudnn-benchmark
+tail -n 1 "$OUT/torch-bench-cudnn-benchmark.log" > "$OUT/torch-bench-cudnn-benchmark.json"
 summarize > /dev/null
 run train-seed-unet 120 $BIN train --arch seed-unet --data data --out "$WORK/seed-unet" --overwrite --max-steps "$STEPS" --time-budget 90 --device "$DEVICE" --log-every 50
 run eval-seed-unet 45 $BIN eval --model "$WORK/seed-unet/best.safetensors" --data data --limit "$EVAL_LIMIT" --sigmas 15,25,50 --device "$DEVICE" --json "$OUT/eval-seed-unet.json"

@@ -359,6 +359,8 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark: time cuDNN's algorithms per shape (as denoise does)")
     p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
                    help="training and inference under autocast to this dtype (weights, "
                         "optimizer and loss stay f32, as in denoise's mixed precision)")
@@ -370,6 +372,7 @@ def main():
     dev = torch.device(a.device)
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     torch.manual_seed(0)
     model = build(a.arch).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -437,7 +440,7 @@ def main():
     print(json.dumps({
         "framework": "pytorch", "arch": a.arch, "version": torch.__version__, "device": str(dev),
         "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
-        "train_batch": a.batch, "infer_batch": a.infer_batch, "tf32": a.tf32,
+        "train_batch": a.batch, "infer_batch": a.infer_batch, "tf32": a.tf32, "cudnn_benchmark": a.cudnn_benchmark,
         "dtype": a.dtype,
         "train_img_per_s": stats(tr), "infer_img_per_s": stats(inf),
         "train_phases_ms": phases,

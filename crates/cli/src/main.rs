@@ -784,6 +784,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         );
     }
     let model = load_model(a.model.as_deref(), &device, a.dtype)?;
+    // Pictures come in all sizes, each convolution shape seen a few times at most: cuDNN's
+    // heuristics pick its algorithms rather than timing every one first.
+    denoise_model::cudnn_conv::set_benchmark(false);
     if input.is_dir() {
         return denoise_folder(&a, input, &model);
     }

@@ -16,13 +16,17 @@ use crate::operands::{binary, BinaryKernel};
 use crate::Result;
 
 /// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`: one op where our kernels
-/// run ([`crate::operands::own_kernels_for`]), else [`bias_relu`].
+/// run ([`crate::operands::own_kernels_via_f32`]; half precision is added in f32 and rounded
+/// once), else [`bias_relu`].
 pub fn bias_act(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
-    if !crate::operands::own_kernels_for(y) {
+    use crate::operands::{via_f32, widened};
+    if !crate::operands::own_kernels_via_f32(y) {
         return bias_relu(y, b, relu);
     }
-    Ok(y.contiguous()?
-        .apply_op2(&b.contiguous()?, BiasAct { relu })?)
+    let b = widened(b)?.contiguous()?;
+    Ok(via_f32(y, |y| {
+        y.contiguous()?.apply_op2(&b, BiasAct { relu })
+    })?)
 }
 
 /// `relu?(y + b)` with `b` added per channel, from candle's ops. Half precision is added in f32

@@ -10,12 +10,22 @@
 //! [`crate::layers::Conv2d`] does not call it.
 //!
 //! Math mode: plain FMA (true f32) unless candle's f32 matrix products may use TF32
-//! (`denoise --tf32`), as PyTorch's `torch.backends.cudnn.allow_tf32`.
+//! (`denoise --tf32`), as PyTorch's `torch.backends.cudnn.allow_tf32`. bf16 and f16 data are
+//! computed in f32 on the tensor cores (cuDNN's "pseudo" half configurations, as PyTorch's
+//! autocast runs them); on the CPU the half-precision ops widen their operands to f32 and round
+//! the result once.
+//!
+//! Algorithms: for each pass and shape, cuDNN's algorithms are timed once on the first call and
+//! the fastest is kept ([`set_benchmark`], on by default, as `torch.backends.cudnn.benchmark`),
+//! or cuDNN's heuristics pick one without running anything (off; `DENOISE_CUDNN_BENCHMARK=0`
+//! turns timing off for the whole process).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use crate::cpu_conv::{self, ConvShape, Float};
-use crate::operands::{binary, BinaryKernel};
+use crate::operands::{binary, narrowed, widened_values, BinaryKernel};
 use crate::Result;
 
 /// `conv2d(x, w)` with stride 1 and `padding`, as a graph op whose gradients come from
@@ -30,6 +40,24 @@ pub fn conv(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
             k,
         },
     )?)
+}
+
+static BENCHMARK: AtomicBool = AtomicBool::new(true);
+
+/// Whether the cuDNN algorithm for a new shape is chosen by timing each one on the first call
+/// (`true`, the default: worth it when the same shapes come back, as in training, evaluation and
+/// sampling) or by cuDNN's heuristics (`false`: better for a few calls on shapes never seen
+/// again, such as denoising one large picture). Each choice is cached per shape either way.
+pub fn set_benchmark(on: bool) {
+    BENCHMARK.store(on, Ordering::Relaxed);
+}
+
+/// Whether algorithms are timed now ([`set_benchmark`], unless `DENOISE_CUDNN_BENCHMARK=0`).
+pub fn benchmark() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let allowed = *ENV
+        .get_or_init(|| std::env::var("DENOISE_CUDNN_BENCHMARK").map_or(true, |v| v.trim() != "0"));
+    allowed && BENCHMARK.load(Ordering::Relaxed)
 }
 
 /// Which of the three convolution passes an op computes.
@@ -143,7 +171,18 @@ impl CustomOp2 for LibConv {
             pass: self.pass,
             s: &s,
         };
-        Ok((binary(&k, "conv", (s1, l1), (s2, l2))?, self.out_shape(&s)))
+        let out = match (
+            widened_values(s1, l1, "conv")?,
+            widened_values(s2, l2, "conv")?,
+        ) {
+            // Half precision: f32 arithmetic, one rounding (as the tensor cores).
+            (Some(a), Some(b)) => narrowed(
+                k.run::<f32>(&a, &b),
+                candle_core::backend::BackendStorage::dtype(s1),
+            ),
+            _ => binary(&k, "conv", (s1, l1), (s2, l2))?,
+        };
+        Ok((out, self.out_shape(&s)))
     }
 
     #[cfg(feature = "cudnn")]
@@ -198,6 +237,7 @@ mod cuda {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cudnn::safe::{
@@ -206,22 +246,61 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
-    use candle_core::{CudaStorage, Error as E, Layout, WithDType};
+    use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
+    use half::{bf16, f16};
 
     use super::{ConvShape, Pass};
+
+    /// The most workspace an algorithm may ask for when algorithms are timed (1 GiB).
+    const MAX_WORKSPACE: usize = 1 << 30;
 
     thread_local! {
         /// cuDNN handles are neither `Send` nor `Sync`: one per thread and device.
         static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-        /// The algorithm cuDNN's heuristics chose for each pass and shape (asked once, as
-        /// PyTorch does, rather than on every call).
+        /// The algorithm chosen for each pass and shape (chosen once, then reused).
         static FWD: RefCell<HashMap<Key, sys::cudnnConvolutionFwdAlgo_t>> = RefCell::new(HashMap::new());
         static DATA: RefCell<HashMap<Key, sys::cudnnConvolutionBwdDataAlgo_t>> = RefCell::new(HashMap::new());
         static FILTER: RefCell<HashMap<Key, sys::cudnnConvolutionBwdFilterAlgo_t>> = RefCell::new(HashMap::new());
     }
 
-    /// Device, shape `(n, c_in, c_out, h, w, k)`, padding, f64?, TF32 allowed?
-    type Key = (DeviceId, [usize; 6], usize, bool, bool);
+    /// Device, shape `(n, c_in, c_out, h, w, k)`, padding, data type, TF32 allowed?, timed?
+    type Key = (DeviceId, [usize; 6], usize, DType, bool, bool);
+
+    const FWD_ALGOS: [sys::cudnnConvolutionFwdAlgo_t; 8] = {
+        use sys::cudnnConvolutionFwdAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        ]
+    };
+    const DATA_ALGOS: [sys::cudnnConvolutionBwdDataAlgo_t; 6] = {
+        use sys::cudnnConvolutionBwdDataAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+        ]
+    };
+    const FILTER_ALGOS: [sys::cudnnConvolutionBwdFilterAlgo_t; 6] = {
+        use sys::cudnnConvolutionBwdFilterAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+        ]
+    };
 
     fn cached<A: Copy + 'static>(
         table: &'static std::thread::LocalKey<RefCell<HashMap<Key, A>>>,
@@ -234,6 +313,47 @@ mod cuda {
         let a = pick()?;
         table.with(|t| t.borrow_mut().insert(key, a));
         Ok(a)
+    }
+
+    /// The fastest of `algos` for this call, as `torch.backends.cudnn.benchmark` finds it: each
+    /// algorithm that this shape supports (and whose workspace is at most [`MAX_WORKSPACE`]) runs
+    /// once to warm up and twice timed, the device synchronised around them. `run` launches one
+    /// algorithm with a workspace of the size `workspace` gives; the outputs it writes are
+    /// overwritten by the real call afterwards. Falls back to `heuristic` when none runs.
+    fn fastest<A: Copy + std::fmt::Debug>(
+        dev: &CudaDevice,
+        algos: &[A],
+        workspace: impl Fn(A) -> Option<usize>,
+        mut run: impl FnMut(A, &mut CudaSlice<u8>) -> bool,
+        heuristic: impl FnOnce() -> candle_core::Result<A>,
+    ) -> candle_core::Result<A> {
+        let stream = dev.cuda_stream();
+        let mut best: Option<(Duration, A)> = None;
+        for &algo in algos {
+            let Some(bytes) = workspace(algo).filter(|&b| b <= MAX_WORKSPACE) else {
+                continue;
+            };
+            // SAFETY: scratch space for cuDNN, never read by us.
+            let Ok(mut ws) = (unsafe { stream.alloc::<u8>(bytes.max(1)) }) else {
+                continue;
+            };
+            if !run(algo, &mut ws) || stream.synchronize().is_err() {
+                continue;
+            }
+            let start = Instant::now();
+            if !(run(algo, &mut ws) && run(algo, &mut ws)) || stream.synchronize().is_err() {
+                continue;
+            }
+            let took = start.elapsed();
+            tracing::debug!(?algo, ?took, "cuDNN algorithm timed");
+            if best.is_none_or(|(t, _)| took < t) {
+                best = Some((took, algo));
+            }
+        }
+        match best {
+            Some((_, algo)) => Ok(algo),
+            None => heuristic(),
+        }
     }
 
     fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
@@ -257,17 +377,19 @@ mod cuda {
         l2: &Layout,
     ) -> candle_core::Result<CudaStorage> {
         match (s1.dtype(), s2.dtype()) {
-            (candle_core::DType::F32, candle_core::DType::F32) => {
-                launch::<f32>(pass, s, padding, s1, l1, s2, l2)
-            }
-            (candle_core::DType::F64, candle_core::DType::F64) => {
-                launch::<f64>(pass, s, padding, s1, l1, s2, l2)
-            }
-            (a, b) => candle_core::bail!("conv: cuDNN path for f32 or f64, not {a:?} and {b:?}"),
+            (DType::F32, DType::F32) => launch::<f32, f32>(pass, s, padding, s1, l1, s2, l2),
+            (DType::F64, DType::F64) => launch::<f64, f64>(pass, s, padding, s1, l1, s2, l2),
+            // Half precision in, f32 arithmetic (cuDNN's PSEUDO_BFLOAT16 / PSEUDO_HALF configs).
+            (DType::BF16, DType::BF16) => launch::<bf16, f32>(pass, s, padding, s1, l1, s2, l2),
+            (DType::F16, DType::F16) => launch::<f16, f32>(pass, s, padding, s1, l1, s2, l2),
+            (a, b) => candle_core::bail!(
+                "conv: cuDNN needs two operands of one float type, not {a:?} and {b:?}"
+            ),
         }
     }
 
-    fn launch<T>(
+    /// One pass with data in `T` and arithmetic in `C`.
+    fn launch<T, C>(
         pass: Pass,
         s: &ConvShape,
         padding: usize,
@@ -278,6 +400,7 @@ mod cuda {
     ) -> candle_core::Result<CudaStorage>
     where
         T: CudnnDataType + DeviceRepr + WithDType + candle_core::cuda_backend::CudaDType,
+        C: CudnnDataType,
     {
         let dev = s1.device().clone();
         let cudnn = handle(&dev)?;
@@ -296,7 +419,7 @@ mod cuda {
             .map_err(E::wrap)?;
         let p = i(padding);
         let mut conv = cudnn
-            .create_conv2d::<T>(
+            .create_conv2d::<C>(
                 [p, p],
                 [1, 1],
                 [1, 1],
@@ -304,21 +427,27 @@ mod cuda {
             )
             .map_err(E::wrap)?;
         // cuDNN's default math lets f32 convolutions run in TF32 on Ampere and later; PyTorch asks
-        // for FMA math unless TF32 is allowed, and so do we.
+        // for FMA math unless TF32 is allowed, and so do we. Half precision takes the tensor
+        // cores, as in PyTorch.
         let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
-        let key: Key = (
-            dev.id(),
-            [s.n, s.c_in, s.c_out, s.h, s.w, s.k],
-            padding,
-            T::DTYPE == candle_core::DType::F64,
-            tf32,
-        );
-        let math = if tf32 {
+        let half = matches!(T::DTYPE, DType::BF16 | DType::F16);
+        let math = if half {
+            sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        } else if tf32 && T::DTYPE == DType::F32 {
             sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         };
         conv.set_math_type(math).map_err(E::wrap)?;
+        let timed = super::benchmark();
+        let key: Key = (
+            dev.id(),
+            [s.n, s.c_in, s.c_out, s.h, s.w, s.k],
+            padding,
+            T::DTYPE,
+            tf32,
+            timed,
+        );
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
         let stream = dev.cuda_stream();
         // Uninitialised buffers: cuDNN writes every output element (beta = 0), and the
@@ -339,9 +468,21 @@ mod cuda {
                     w: &w_d,
                     y: &y_d,
                 };
-                let algo = cached(&FWD, key, || op.pick_algorithm().map_err(E::wrap))?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 let mut y = alloc(s.n * s.c_out * s.h * s.w)?;
+                let algo = cached(&FWD, key, || {
+                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
+                    if !timed {
+                        return heuristic();
+                    }
+                    let size = |algo| op.get_workspace_size(algo).ok();
+                    // SAFETY: as the call below.
+                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
+                        op.launch(algo, Some(ws), (one, zero), &a, &b, &mut y)
+                            .is_ok()
+                    };
+                    fastest(&dev, &FWD_ALGOS, size, run, heuristic)
+                })?;
+                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (w) and `y`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &b, &mut y) }
                     .map_err(E::wrap)?;
@@ -354,9 +495,21 @@ mod cuda {
                     w: &w_d,
                     dy: &y_d,
                 };
-                let algo = cached(&DATA, key, || op.pick_algorithm().map_err(E::wrap))?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 let mut dx = alloc(s.n * s.c_in * s.h * s.w)?;
+                let algo = cached(&DATA, key, || {
+                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
+                    if !timed {
+                        return heuristic();
+                    }
+                    let size = |algo| op.get_workspace_size(algo).ok();
+                    // SAFETY: as the call below.
+                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
+                        op.launch(algo, Some(ws), (one, zero), &mut dx, &b, &a)
+                            .is_ok()
+                    };
+                    fastest(&dev, &DATA_ALGOS, size, run, heuristic)
+                })?;
+                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 // SAFETY: the descriptors describe `a` (dy), `b` (w) and `dx`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &mut dx, &b, &a) }
                     .map_err(E::wrap)?;
@@ -369,9 +522,21 @@ mod cuda {
                     dw: &w_d,
                     dy: &y_d,
                 };
-                let algo = cached(&FILTER, key, || op.pick_algorithm().map_err(E::wrap))?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 let mut dw = alloc(s.c_out * s.c_in * s.k * s.k)?;
+                let algo = cached(&FILTER, key, || {
+                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
+                    if !timed {
+                        return heuristic();
+                    }
+                    let size = |algo| op.get_workspace_size(algo).ok();
+                    // SAFETY: as the call below.
+                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
+                        op.launch(algo, Some(ws), (one, zero), &a, &mut dw, &b)
+                            .is_ok()
+                    };
+                    fastest(&dev, &FILTER_ALGOS, size, run, heuristic)
+                })?;
+                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (dy) and `dw`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &mut dw, &b) }
                     .map_err(E::wrap)?;

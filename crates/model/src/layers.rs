@@ -83,12 +83,13 @@ impl Conv2d {
         if cfg!(feature = "cudnn")
             && x.device().is_cuda()
             && use_cudnn()
-            && crate::operands::own_kernels_for(&x)
+            && crate::operands::own_kernels_via_f32(&x)
         {
+            // Half precision too: cuDNN computes it in f32 on the tensor cores.
             return cudnn_conv(&x, w, b, self.kernel / 2, self.relu);
         }
-        // Half precision off the CPU takes this path too: candle's convolution accumulates in
-        // f32 (cuDNN with an f32 compute type in builds with `cudnn`, cuBLAS otherwise).
+        // Half precision without cuDNN takes this path too: candle's convolution accumulates in
+        // f32 (im2col and cuBLAS).
         device_conv(&x, w, b, self.kernel / 2, self.relu)
     }
 
@@ -455,8 +456,11 @@ impl ConvTranspose2x2 {
 /// gradient on ties).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if crate::operands::own_kernels_for(x) && h % 2 == 0 && w % 2 == 0 {
-        return Ok(x.contiguous()?.apply_op1(MaxPool2x2)?);
+    if crate::operands::own_kernels_via_f32(x) && h % 2 == 0 && w % 2 == 0 {
+        // Half precision by way of f32: a maximum is exact in either.
+        return Ok(crate::operands::via_f32(x, |x| {
+            x.contiguous()?.apply_op1(MaxPool2x2)
+        })?);
     }
     Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
 }

@@ -28,6 +28,59 @@ pub fn widened(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tens
     }
 }
 
+/// Whether a tensor of `dtype` on `device` can take our ops by way of f32: half precision
+/// ([`widened`] on the way in, rounded on the way out) or f32/f64 as it is.
+pub fn own_kernels_via_f32(t: &candle_core::Tensor) -> bool {
+    has_own_kernels(t.device())
+        && matches!(
+            t.dtype(),
+            candle_core::DType::F32
+                | candle_core::DType::F64
+                | candle_core::DType::BF16
+                | candle_core::DType::F16
+        )
+}
+
+/// A half-precision CPU operand's values widened to f32 (`None` for other dtypes).
+pub fn widened_values(
+    s: &CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    Ok(match s {
+        CpuStorage::BF16(v) => Some(contiguous(v, l, what)?.iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::F16(v) => Some(contiguous(v, l, what)?.iter().map(|x| x.to_f32()).collect()),
+        _ => None,
+    })
+}
+
+/// f32 values rounded to `dtype` (bf16 or f16; f32 otherwise).
+pub fn narrowed(v: Vec<f32>, dtype: candle_core::DType) -> CpuStorage {
+    match dtype {
+        candle_core::DType::BF16 => {
+            CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect())
+        }
+        candle_core::DType::F16 => {
+            CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect())
+        }
+        _ => CpuStorage::F32(v),
+    }
+}
+
+/// Runs `op` (our f32/f64 op) on `x` widened to f32 when it is half precision, and rounds the
+/// result back to `x`'s dtype: our kernels for bf16 and f16 tensors.
+pub fn via_f32(
+    x: &candle_core::Tensor,
+    op: impl FnOnce(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    let y = op(&widened(x)?)?;
+    if y.dtype() == x.dtype() {
+        Ok(y)
+    } else {
+        y.to_dtype(x.dtype())
+    }
+}
+
 /// The values of a contiguous operand.
 pub fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {

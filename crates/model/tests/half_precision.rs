@@ -160,3 +160,45 @@ fn mixed_precision_gradients_reach_the_f32_weights() {
             .all(|&w| w == 0.0));
     }
 }
+
+/// The convolution that cuDNN runs (here on the CPU, as the op's CPU twin: operands widened to
+/// f32, the result rounded once, as the tensor cores do), then bias and ReLU and 2x2 max pooling,
+/// all in bf16 and f16 by way of our f32 kernels: the output is the f32 result rounded, and
+/// every gradient is within a few roundings of the f32 one.
+#[test]
+fn half_precision_convs_take_the_f32_kernels() {
+    use candle_core::Var;
+    use common::{backward_from, max_rel};
+    use denoise_model::layers::{cudnn_conv, max_pool2x2, reference_conv};
+    for (dtype, ulp) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
+        for (n, k, relu, c_in, c_out, hw) in [(2, 3, true, 3, 5, 8), (1, 1, false, 4, 2, 6)] {
+            // Values that `dtype` holds exactly: both sides start from the same numbers.
+            let var = |shape: &[usize], seed| {
+                Var::from_tensor(&rand(shape, seed).to_dtype(dtype).unwrap()).unwrap()
+            };
+            let wide = |v: &Var| Var::from_tensor(&v.to_dtype(DType::F32).unwrap()).unwrap();
+            let (x, w, b) = (
+                var(&[n, c_in, hw, hw], 1),
+                var(&[c_out, c_in, k, k], 2),
+                var(&[c_out], 3),
+            );
+            let (xf, wf, bf) = (wide(&x), wide(&w), wide(&b));
+            let ours = max_pool2x2(&cudnn_conv(&x, &w, &b, k / 2, relu).unwrap()).unwrap();
+            let f32s = max_pool2x2(&reference_conv(&xf, &wf, &bf, k / 2, relu).unwrap()).unwrap();
+            assert_eq!(ours.dtype(), dtype);
+            let what = format!("{dtype:?}, k={k}, relu={relu}");
+            let e = max_rel(&ours.to_dtype(DType::F32).unwrap(), &f32s);
+            assert!(e <= ulp, "forward: error {e} ({what})");
+            let upstream = rand(ours.dims(), 4).to_dtype(dtype).unwrap();
+            let g = backward_from(&ours, &upstream);
+            let gf = backward_from(&f32s, &upstream.to_dtype(DType::F32).unwrap());
+            for (name, v, vf) in [("x", &x, &xf), ("w", &w, &wf), ("b", &b, &bf)] {
+                let ours = g.get(v).unwrap();
+                assert_eq!(ours.dtype(), dtype, "gradient of {name} ({what})");
+                let e = max_rel(&ours.to_dtype(DType::F32).unwrap(), gf.get(vf).unwrap());
+                // Measured: at most 0.67 of a rounding.
+                assert!(e <= 2.0 * ulp, "gradient of {name}: error {e} ({what})");
+            }
+        }
+    }
+}
