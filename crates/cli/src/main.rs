@@ -1210,6 +1210,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             p.forward_ms, p.loss_ms, p.backward_ms, p.optimizer_ms
         );
     }
+    if let Some(h) = r.train_host_ms {
+        println!(
+            "the host queues a training step in {:.1} ms (median; min {:.1}, max {:.1})",
+            h.median, h.min, h.max
+        );
+    }
     if let Some(path) = &a.json {
         write_json(path, &serde_json::to_value(&r)?)?;
     }

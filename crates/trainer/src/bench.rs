@@ -88,6 +88,11 @@ pub struct BenchResult {
     /// Where a training step's time goes (absent from results saved before it was measured).
     #[serde(default)]
     pub train_phases_ms: Option<Phases>,
+    /// Milliseconds the host takes to queue one training step, each step timed without waiting
+    /// for the device, over one more round: when the median is near the step time, the host
+    /// (not the device) sets the pace; a large maximum is a stall (a wait hidden in some call).
+    #[serde(default)]
+    pub train_host_ms: Option<Stats>,
 }
 
 fn f32_name() -> String {
@@ -213,6 +218,14 @@ pub fn bench(
             Ok(())
         })?;
     }
+    // The host's share: each step queued without a wait (see `BenchResult::train_host_ms`).
+    let mut host = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        train_step(&mut no_laps)?;
+        host.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    device.synchronize()?;
     let per = |v: f64| v / steps as f64;
     let phases = Phases {
         forward_ms: per(ms[0]),
@@ -239,5 +252,6 @@ pub fn bench(
         dtype: dtype.as_str().to_string(),
         device: format!("{device:?}"),
         train_phases_ms: Some(phases),
+        train_host_ms: Some(Stats::of(&host)),
     })
 }
