@@ -234,14 +234,17 @@ impl CustomOp2 for LibConv {
 
 #[cfg(feature = "cudnn")]
 mod cuda {
-    use std::cell::RefCell;
+    use std::any::Any;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
+    use std::rc::Rc;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cudnn::safe::{
-        ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn,
+        ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
+        TensorDescriptor,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -257,10 +260,24 @@ mod cuda {
     thread_local! {
         /// cuDNN handles are neither `Send` nor `Sync`: one per thread and device.
         static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-        /// The algorithm chosen for each pass and shape (chosen once, then reused).
-        static FWD: RefCell<HashMap<Key, sys::cudnnConvolutionFwdAlgo_t>> = RefCell::new(HashMap::new());
-        static DATA: RefCell<HashMap<Key, sys::cudnnConvolutionBwdDataAlgo_t>> = RefCell::new(HashMap::new());
-        static FILTER: RefCell<HashMap<Key, sys::cudnnConvolutionBwdFilterAlgo_t>> = RefCell::new(HashMap::new());
+        /// Per shape: the descriptors and, per pass, the algorithm and its workspace size (a
+        /// [`Plan`] of the shape's data and compute types).
+        static PLANS: RefCell<HashMap<Key, Rc<dyn Any>>> = RefCell::new(HashMap::new());
+    }
+
+    /// What a convolution shape needs, made once and kept for every later call: cuDNN's
+    /// descriptors (creating, setting and destroying four of them, and asking for the
+    /// workspace size, on every call was most of the host's time in a training step: the step
+    /// was host-bound on an H200) and, for each pass once it has run, its algorithm and workspace
+    /// size.
+    struct Plan<T: CudnnDataType, C: CudnnDataType> {
+        x: TensorDescriptor<T>,
+        y: TensorDescriptor<T>,
+        w: FilterDescriptor<T>,
+        conv: ConvDescriptor<C>,
+        fwd: Cell<Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>>,
+        data: Cell<Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>>,
+        filter: Cell<Option<(sys::cudnnConvolutionBwdFilterAlgo_t, usize)>>,
     }
 
     /// Device, shape `(n, c_in, c_out, h, w, k)`, padding, data type, TF32 allowed?, timed?
@@ -302,17 +319,19 @@ mod cuda {
         ]
     };
 
-    fn cached<A: Copy + 'static>(
-        table: &'static std::thread::LocalKey<RefCell<HashMap<Key, A>>>,
-        key: Key,
+    /// The algorithm and workspace size of a pass: `slot`'s, or chosen by `pick` and kept there.
+    fn chosen<A: Copy>(
+        slot: &Cell<Option<(A, usize)>>,
         pick: impl FnOnce() -> candle_core::Result<A>,
-    ) -> candle_core::Result<A> {
-        if let Some(a) = table.with(|t| t.borrow().get(&key).copied()) {
-            return Ok(a);
+        size: impl FnOnce(A) -> candle_core::Result<usize>,
+    ) -> candle_core::Result<(A, usize)> {
+        if let Some(c) = slot.get() {
+            return Ok(c);
         }
-        let a = pick()?;
-        table.with(|t| t.borrow_mut().insert(key, a));
-        Ok(a)
+        let algo = pick()?;
+        let c = (algo, size(algo)?);
+        slot.set(Some(c));
+        Ok(c)
     }
 
     /// The fastest of `algos` for this call, as `torch.backends.cudnn.benchmark` finds it: each
@@ -388,35 +407,24 @@ mod cuda {
         }
     }
 
-    /// One pass with data in `T` and arithmetic in `C`.
-    fn launch<T, C>(
-        pass: Pass,
+    /// The [`Plan`] of a shape: made on its first call on this thread.
+    fn plan<T, C>(
+        cudnn: &Arc<Cudnn>,
+        key: Key,
         s: &ConvShape,
         padding: usize,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<CudaStorage>
+    ) -> candle_core::Result<Rc<Plan<T, C>>>
     where
-        T: CudnnDataType + DeviceRepr + WithDType + candle_core::cuda_backend::CudaDType,
-        C: CudnnDataType,
+        T: CudnnDataType + 'static,
+        C: CudnnDataType + 'static,
     {
-        let dev = s1.device().clone();
-        let cudnn = handle(&dev)?;
-        let a = crate::operands::cuda_view::<T>(s1, l1, "conv")?;
-        let b = crate::operands::cuda_view::<T>(s2, l2, "conv")?;
+        if let Some(p) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+            if let Ok(p) = p.downcast::<Plan<T, C>>() {
+                return Ok(p);
+            }
+        }
         let i = |v: usize| v as std::ffi::c_int;
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let x_d = cudnn
-            .create_4d_tensor::<T>(nchw, [i(s.n), i(s.c_in), i(s.h), i(s.w)])
-            .map_err(E::wrap)?;
-        let y_d = cudnn
-            .create_4d_tensor::<T>(nchw, [i(s.n), i(s.c_out), i(s.h), i(s.w)])
-            .map_err(E::wrap)?;
-        let w_d = cudnn
-            .create_4d_filter::<T>(nchw, [i(s.c_out), i(s.c_in), i(s.k), i(s.k)])
-            .map_err(E::wrap)?;
         let p = i(padding);
         let mut conv = cudnn
             .create_conv2d::<C>(
@@ -429,16 +437,53 @@ mod cuda {
         // cuDNN's default math lets f32 convolutions run in TF32 on Ampere and later; PyTorch asks
         // for FMA math unless TF32 is allowed, and so do we. Half precision takes the tensor
         // cores, as in PyTorch.
-        let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
-        let half = matches!(T::DTYPE, DType::BF16 | DType::F16);
-        let math = if half {
+        let (_, _, _, dtype, tf32, _) = key;
+        let math = if matches!(dtype, DType::BF16 | DType::F16) {
             sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-        } else if tf32 && T::DTYPE == DType::F32 {
+        } else if tf32 && dtype == DType::F32 {
             sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         };
         conv.set_math_type(math).map_err(E::wrap)?;
+        let plan = Rc::new(Plan {
+            x: cudnn
+                .create_4d_tensor::<T>(nchw, [i(s.n), i(s.c_in), i(s.h), i(s.w)])
+                .map_err(E::wrap)?,
+            y: cudnn
+                .create_4d_tensor::<T>(nchw, [i(s.n), i(s.c_out), i(s.h), i(s.w)])
+                .map_err(E::wrap)?,
+            w: cudnn
+                .create_4d_filter::<T>(nchw, [i(s.c_out), i(s.c_in), i(s.k), i(s.k)])
+                .map_err(E::wrap)?,
+            conv,
+            fwd: Cell::new(None),
+            data: Cell::new(None),
+            filter: Cell::new(None),
+        });
+        PLANS.with(|p| p.borrow_mut().insert(key, plan.clone() as Rc<dyn Any>));
+        Ok(plan)
+    }
+
+    /// One pass with data in `T` and arithmetic in `C`.
+    fn launch<T, C>(
+        pass: Pass,
+        s: &ConvShape,
+        padding: usize,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<CudaStorage>
+    where
+        T: CudnnDataType + DeviceRepr + WithDType + candle_core::cuda_backend::CudaDType,
+        C: CudnnDataType + 'static,
+    {
+        let dev = s1.device().clone();
+        let cudnn = handle(&dev)?;
+        let a = crate::operands::cuda_view::<T>(s1, l1, "conv")?;
+        let b = crate::operands::cuda_view::<T>(s2, l2, "conv")?;
+        let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
         let timed = super::benchmark();
         let key: Key = (
             dev.id(),
@@ -448,6 +493,7 @@ mod cuda {
             tf32,
             timed,
         );
+        let plan = plan::<T, C>(&cudnn, key, s, padding)?;
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
         let stream = dev.cuda_stream();
         // Uninitialised buffers: cuDNN writes every output element (beta = 0), and the
@@ -463,13 +509,13 @@ mod cuda {
         let out = match pass {
             Pass::Forward => {
                 let op = ConvForward {
-                    conv: &conv,
-                    x: &x_d,
-                    w: &w_d,
-                    y: &y_d,
+                    conv: &plan.conv,
+                    x: &plan.x,
+                    w: &plan.w,
+                    y: &plan.y,
                 };
                 let mut y = alloc(s.n * s.c_out * s.h * s.w)?;
-                let algo = cached(&FWD, key, || {
+                let pick = || {
                     let heuristic = || op.pick_algorithm().map_err(E::wrap);
                     if !timed {
                         return heuristic();
@@ -481,8 +527,10 @@ mod cuda {
                             .is_ok()
                     };
                     fastest(&dev, &FWD_ALGOS, size, run, heuristic)
-                })?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
+                };
+                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
+                let (algo, bytes) = chosen(&plan.fwd, pick, size)?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (w) and `y`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &b, &mut y) }
                     .map_err(E::wrap)?;
@@ -490,13 +538,13 @@ mod cuda {
             }
             Pass::Data => {
                 let op = ConvBackwardData {
-                    conv: &conv,
-                    dx: &x_d,
-                    w: &w_d,
-                    dy: &y_d,
+                    conv: &plan.conv,
+                    dx: &plan.x,
+                    w: &plan.w,
+                    dy: &plan.y,
                 };
                 let mut dx = alloc(s.n * s.c_in * s.h * s.w)?;
-                let algo = cached(&DATA, key, || {
+                let pick = || {
                     let heuristic = || op.pick_algorithm().map_err(E::wrap);
                     if !timed {
                         return heuristic();
@@ -508,8 +556,10 @@ mod cuda {
                             .is_ok()
                     };
                     fastest(&dev, &DATA_ALGOS, size, run, heuristic)
-                })?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
+                };
+                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
+                let (algo, bytes) = chosen(&plan.data, pick, size)?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (dy), `b` (w) and `dx`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &mut dx, &b, &a) }
                     .map_err(E::wrap)?;
@@ -517,13 +567,13 @@ mod cuda {
             }
             Pass::Filter => {
                 let op = ConvBackwardFilter {
-                    conv: &conv,
-                    x: &x_d,
-                    dw: &w_d,
-                    dy: &y_d,
+                    conv: &plan.conv,
+                    x: &plan.x,
+                    dw: &plan.w,
+                    dy: &plan.y,
                 };
                 let mut dw = alloc(s.c_out * s.c_in * s.k * s.k)?;
-                let algo = cached(&FILTER, key, || {
+                let pick = || {
                     let heuristic = || op.pick_algorithm().map_err(E::wrap);
                     if !timed {
                         return heuristic();
@@ -535,8 +585,10 @@ mod cuda {
                             .is_ok()
                     };
                     fastest(&dev, &FILTER_ALGOS, size, run, heuristic)
-                })?;
-                let mut ws = workspace(op.get_workspace_size(algo).map_err(E::wrap)?)?;
+                };
+                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
+                let (algo, bytes) = chosen(&plan.filter, pick, size)?;
+                let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (dy) and `dw`, all contiguous.
                 unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &mut dw, &b) }
                     .map_err(E::wrap)?;
