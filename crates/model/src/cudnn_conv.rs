@@ -502,9 +502,15 @@ mod cuda {
             // SAFETY: every element is written by the cuDNN call before anything reads it.
             unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)
         };
-        let workspace = |bytes: usize| -> candle_core::Result<CudaSlice<u8>> {
+        // None where the algorithm needs none: one allocation less per call.
+        let workspace = |bytes: usize| -> candle_core::Result<Option<CudaSlice<u8>>> {
+            if bytes == 0 {
+                return Ok(None);
+            }
             // SAFETY: scratch space for cuDNN, never read by us.
-            unsafe { stream.alloc::<u8>(bytes.max(1)) }.map_err(E::wrap)
+            unsafe { stream.alloc::<u8>(bytes) }
+                .map(Some)
+                .map_err(E::wrap)
         };
         let out = match pass {
             Pass::Forward => {
@@ -532,7 +538,7 @@ mod cuda {
                 let (algo, bytes) = chosen(&plan.fwd, pick, size)?;
                 let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (w) and `y`, all contiguous.
-                unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &b, &mut y) }
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut y) }
                     .map_err(E::wrap)?;
                 y
             }
@@ -561,7 +567,7 @@ mod cuda {
                 let (algo, bytes) = chosen(&plan.data, pick, size)?;
                 let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (dy), `b` (w) and `dx`, all contiguous.
-                unsafe { op.launch(algo, Some(&mut ws), (one, zero), &mut dx, &b, &a) }
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &b, &a) }
                     .map_err(E::wrap)?;
                 dx
             }
@@ -590,7 +596,7 @@ mod cuda {
                 let (algo, bytes) = chosen(&plan.filter, pick, size)?;
                 let mut ws = workspace(bytes)?;
                 // SAFETY: the descriptors describe `a` (x), `b` (dy) and `dw`, all contiguous.
-                unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &mut dw, &b) }
+                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &mut dw, &b) }
                     .map_err(E::wrap)?;
                 dw
             }
