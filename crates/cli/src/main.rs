@@ -1211,10 +1211,17 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         );
     }
     if let Some(h) = r.train_host_ms {
-        println!(
+        print!(
             "the host queues a training step in {:.1} ms (median; min {:.1}, max {:.1})",
             h.median, h.min, h.max
         );
+        match r.train_host_phases_ms {
+            Some(p) => println!(
+                ": forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+                p.forward_ms, p.loss_ms, p.backward_ms, p.optimizer_ms
+            ),
+            None => println!(),
+        }
     }
     if let Some(path) = &a.json {
         write_json(path, &serde_json::to_value(&r)?)?;

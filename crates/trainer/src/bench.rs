@@ -93,6 +93,10 @@ pub struct BenchResult {
     /// (not the device) sets the pace; a large maximum is a stall (a wait hidden in some call).
     #[serde(default)]
     pub train_host_ms: Option<Stats>,
+    /// The same round's host time by phase, averaged (no waits: what the host spends queuing
+    /// each phase, to show where a host-bound step's time goes).
+    #[serde(default)]
+    pub train_host_phases_ms: Option<Phases>,
 }
 
 fn f32_name() -> String {
@@ -220,13 +224,25 @@ pub fn bench(
     }
     // The host's share: each step queued without a wait (see `BenchResult::train_host_ms`).
     let mut host = Vec::with_capacity(steps);
+    let mut host_ms = [0f64; 4];
     for _ in 0..steps {
-        let t = Instant::now();
-        train_step(&mut no_laps)?;
-        host.push(t.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        let mut t = start;
+        train_step(&mut |i: usize| -> Result<()> {
+            host_ms[i] += t.elapsed().as_secs_f64() * 1e3;
+            t = Instant::now();
+            Ok(())
+        })?;
+        host.push(start.elapsed().as_secs_f64() * 1e3);
     }
     device.synchronize()?;
     let per = |v: f64| v / steps as f64;
+    let host_phases = Phases {
+        forward_ms: per(host_ms[0]),
+        loss_ms: per(host_ms[1]),
+        backward_ms: per(host_ms[2]),
+        optimizer_ms: per(host_ms[3]),
+    };
     let phases = Phases {
         forward_ms: per(ms[0]),
         loss_ms: per(ms[1]),
@@ -253,5 +269,6 @@ pub fn bench(
         device: format!("{device:?}"),
         train_phases_ms: Some(phases),
         train_host_ms: Some(Stats::of(&host)),
+        train_host_phases_ms: Some(host_phases),
     })
 }
