@@ -104,7 +104,8 @@ pub enum TrainError {
     /// The training loss became NaN or infinite (the checkpoints on disk are kept as they were).
     #[error("training diverged at step {step}: the loss is {loss}")]
     Diverged {
-        /// The step whose loss was not finite.
+        /// The step at which a loss that was not finite was read: on the CPU that step's own; on
+        /// a GPU, where losses are read every `log_every` steps, one at or before it.
         step: u64,
         /// That loss.
         loss: f64,

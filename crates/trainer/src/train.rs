@@ -580,6 +580,15 @@ fn train_locked(
     let run_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let mut running = Running::default();
+    let mut pending = PendingLosses::default();
+    let mut last_loss = f64::NAN; // the last loss read, for the progress bar
+                                  // Reading a loss waits for the device to finish all it was given: on a GPU, the losses are
+                                  // read every `log_every` steps, and before a validation, not after every step.
+    let read_every = if device.is_cpu() {
+        1
+    } else {
+        config.log_every.max(1)
+    };
     let mut window = (Instant::now(), 0u64); // images/s over the last log period
     let mut stopped_by = String::new();
 
@@ -613,29 +622,32 @@ fn train_locked(
         let loss = objective.loss(&out, &clean, &b.sigmas)?;
         let grads = loss.backward()?;
         adam.step(&grads)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(TrainError::Diverged {
-                step: state.global_step + 1,
-                loss: l,
-            });
-        }
+        pending.push(&loss)?;
         state.global_step += 1;
         state.images_seen += b.n as u64;
         if let Some(ema) = &ema {
             ema.update(&model, state.images_seen, b.n)?;
         }
         state.index += 1;
-        running.sum += l;
-        running.n += 1;
         window.1 += b.n as u64;
+        let logged = state.global_step % config.log_every.max(1) == 0;
+        if logged || state.global_step % read_every == 0 {
+            if let Some(l) = pending.settle(state.global_step, &mut running)? {
+                last_loss = l;
+            }
+        }
+        let l = last_loss;
         state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
 
         let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
         bar.set_prefix(format!("{}/{}", state.epoch + 1, config.epochs));
-        bar.set_message(format!("loss {l:.4} {ips:.1} img/s"));
+        bar.set_message(if l.is_finite() {
+            format!("loss {l:.4} {ips:.1} img/s")
+        } else {
+            format!("{ips:.1} img/s")
+        });
         bar.set_position(state.global_step);
-        if state.global_step % config.log_every.max(1) == 0 {
+        if logged {
             append(
                 &out_dir.join(STEPS),
                 &format!(
@@ -667,6 +679,7 @@ fn train_locked(
             state.index = 0;
         }
         if epoch_done || periodic {
+            pending.settle(state.global_step, &mut running)?;
             let stop =
                 validation.run(&learner(&model, &ema, &adam), &mut state, &mut running, lr)?;
             if stop {
@@ -686,6 +699,7 @@ fn train_locked(
         }
     }
     drop(batcher);
+    pending.settle(state.global_step, &mut running)?;
     // A run cut short validates what it has not validated yet, so that best.safetensors exists.
     if running.n > 0 || !best_path.exists() {
         let lr = sched.lr(state.epoch.min(config.epochs.saturating_sub(1)));
@@ -714,6 +728,43 @@ fn train_locked(
 struct Running {
     sum: f64,
     n: u64,
+}
+
+/// Training losses not read yet: summed on the device (one small addition per step) and read
+/// together, since reading a value waits for everything queued on the device.
+#[derive(Default)]
+struct PendingLosses {
+    sum: Option<Tensor>,
+    n: u64,
+}
+
+impl PendingLosses {
+    fn push(&mut self, loss: &Tensor) -> Result<()> {
+        let loss = loss.detach().to_dtype(candle_core::DType::F32)?;
+        self.sum = Some(match self.sum.take() {
+            Some(s) => (s + loss)?,
+            None => loss,
+        });
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Reads the pending losses into `running` and returns their mean (`None` when there were
+    /// none). A mean that is not finite stops training: some loss at or before `step` was not.
+    fn settle(&mut self, step: u64, running: &mut Running) -> Result<Option<f64>> {
+        let Some(sum) = self.sum.take() else {
+            return Ok(None);
+        };
+        let n = std::mem::take(&mut self.n);
+        let sum = sum.to_scalar::<f32>()? as f64;
+        let mean = sum / n as f64;
+        if !mean.is_finite() {
+            return Err(TrainError::Diverged { step, loss: mean });
+        }
+        running.sum += sum;
+        running.n += n;
+        Ok(Some(mean))
+    }
 }
 
 /// What is being trained: the network, its moving average, the optimiser.
@@ -832,4 +883,44 @@ fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
         _ => check("network", saved.arch().into(), wanted.arch().into()),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn scalar(v: f32) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn pending_losses_are_read_together() {
+        let (mut pending, mut running) = (PendingLosses::default(), Running::default());
+        assert_eq!(pending.settle(1, &mut running).unwrap(), None);
+        for v in [1.0, 2.0, 4.5] {
+            pending.push(&scalar(v)).unwrap();
+        }
+        assert_eq!(pending.settle(3, &mut running).unwrap(), Some(2.5));
+        assert_eq!((running.sum, running.n), (7.5, 3));
+        // Read once: nothing is left to read.
+        assert_eq!(pending.settle(3, &mut running).unwrap(), None);
+        pending.push(&scalar(0.5)).unwrap();
+        assert_eq!(pending.settle(4, &mut running).unwrap(), Some(0.5));
+        assert_eq!((running.sum, running.n), (8.0, 4));
+    }
+
+    #[test]
+    fn a_loss_that_is_not_finite_stops_training_when_read() {
+        let (mut pending, mut running) = (PendingLosses::default(), Running::default());
+        for v in [1.0, f32::NAN, 2.0] {
+            pending.push(&scalar(v)).unwrap();
+        }
+        match pending.settle(12, &mut running) {
+            Err(TrainError::Diverged { step: 12, loss }) => assert!(loss.is_nan()),
+            other => panic!("expected Diverged at step 12, got {other:?}"),
+        }
+        // Nothing of the diverged window reaches the running mean.
+        assert_eq!(running.n, 0);
+    }
 }
