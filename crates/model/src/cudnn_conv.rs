@@ -247,7 +247,7 @@ mod cuda {
         TensorDescriptor,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use candle_core::{CudaStorage, DType, Error as E, Layout, WithDType};
     use half::{bf16, f16};
@@ -407,6 +407,115 @@ mod cuda {
         }
     }
 
+    /// A pass's cuDNN call on its two inputs `a` and `b`: `(x, w)` forward, `(dy, w)` for the
+    /// input's gradient, `(x, dy)` for the kernel's.
+    struct Call<'a, Op, T: DeviceRepr> {
+        op: Op,
+        a: &'a CudaView<'a, T>,
+        b: &'a CudaView<'a, T>,
+    }
+
+    /// What [`execute`] needs of a pass.
+    trait PassCall<T: DeviceRepr> {
+        type Algo: Copy + std::fmt::Debug + 'static;
+        /// Every algorithm cuDNN has for the pass.
+        const ALGOS: &'static [Self::Algo];
+        fn heuristic(&self) -> candle_core::Result<Self::Algo>;
+        fn workspace(&self, algo: Self::Algo) -> candle_core::Result<usize>;
+        /// # Safety
+        /// `out` must hold as many elements as the pass's output.
+        unsafe fn run(
+            &self,
+            algo: Self::Algo,
+            ws: Option<&mut CudaSlice<u8>>,
+            out: &mut CudaSlice<T>,
+        ) -> candle_core::Result<()>;
+    }
+
+    macro_rules! pass_call {
+        ($op:ident, $algo:ty, $algos:expr, |$call:ident, $out:ident| ($($args:expr),*)) => {
+            impl<T, C> PassCall<T> for Call<'_, $op<'_, T, C, T>, T>
+            where
+                T: CudnnDataType + DeviceRepr + WithDType,
+                C: CudnnDataType,
+            {
+                type Algo = $algo;
+                const ALGOS: &'static [$algo] = &$algos;
+                fn heuristic(&self) -> candle_core::Result<$algo> {
+                    self.op.pick_algorithm().map_err(E::wrap)
+                }
+                fn workspace(&self, algo: $algo) -> candle_core::Result<usize> {
+                    self.op.get_workspace_size(algo).map_err(E::wrap)
+                }
+                unsafe fn run(
+                    &self,
+                    algo: $algo,
+                    ws: Option<&mut CudaSlice<u8>>,
+                    $out: &mut CudaSlice<T>,
+                ) -> candle_core::Result<()> {
+                    let $call = self;
+                    let scale = (T::from_f64(1.0), T::from_f64(0.0));
+                    // SAFETY: the descriptors describe the inputs (contiguous) and `out`, as
+                    // the caller promises.
+                    unsafe { self.op.launch(algo, ws, scale, $($args),*) }.map_err(E::wrap)
+                }
+            }
+        };
+    }
+    pass_call!(
+        ConvForward,
+        sys::cudnnConvolutionFwdAlgo_t,
+        FWD_ALGOS,
+        |c, out| (c.a, c.b, out)
+    );
+    pass_call!(
+        ConvBackwardData,
+        sys::cudnnConvolutionBwdDataAlgo_t,
+        DATA_ALGOS,
+        |c, out| (out, c.b, c.a)
+    );
+    pass_call!(
+        ConvBackwardFilter,
+        sys::cudnnConvolutionBwdFilterAlgo_t,
+        FILTER_ALGOS,
+        |c, out| (c.a, out, c.b)
+    );
+
+    /// Runs a pass into a new buffer of `len` elements, with the algorithm kept in `slot`, or
+    /// chosen now (timed when `timed`, else cuDNN's heuristics) and kept there.
+    fn execute<T: DeviceRepr, P: PassCall<T>>(
+        dev: &CudaDevice,
+        call: &P,
+        slot: &Cell<Option<(P::Algo, usize)>>,
+        timed: bool,
+        len: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
+        let stream = dev.cuda_stream();
+        // SAFETY: cuDNN writes every output element (beta = 0) before anything reads it.
+        let mut out = unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)?;
+        let pick = || {
+            if !timed {
+                return call.heuristic();
+            }
+            let size = |algo| call.workspace(algo).ok();
+            // SAFETY: `out` holds the pass's output.
+            let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
+                call.run(algo, Some(ws), &mut out).is_ok()
+            };
+            fastest(dev, P::ALGOS, size, run, || call.heuristic())
+        };
+        let (algo, bytes) = chosen(slot, pick, |algo| call.workspace(algo))?;
+        // No workspace where the algorithm needs none: one allocation less per call.
+        let mut ws = match bytes {
+            0 => None,
+            // SAFETY: scratch space for cuDNN, never read by us.
+            _ => Some(unsafe { stream.alloc::<u8>(bytes) }.map_err(E::wrap)?),
+        };
+        // SAFETY: `out` holds the pass's output.
+        unsafe { call.run(algo, ws.as_mut(), &mut out) }?;
+        Ok(out)
+    }
+
     /// The [`Plan`] of a shape: made on its first call on this thread.
     fn plan<T, C>(
         cudnn: &Arc<Cudnn>,
@@ -494,111 +603,34 @@ mod cuda {
             timed,
         );
         let plan = plan::<T, C>(&cudnn, key, s, padding)?;
-        let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-        let stream = dev.cuda_stream();
-        // Uninitialised buffers: cuDNN writes every output element (beta = 0), and the
-        // workspace is scratch.
-        let alloc = |len: usize| -> candle_core::Result<CudaSlice<T>> {
-            // SAFETY: every element is written by the cuDNN call before anything reads it.
-            unsafe { stream.alloc::<T>(len) }.map_err(E::wrap)
-        };
-        // None where the algorithm needs none: one allocation less per call.
-        let workspace = |bytes: usize| -> candle_core::Result<Option<CudaSlice<u8>>> {
-            if bytes == 0 {
-                return Ok(None);
-            }
-            // SAFETY: scratch space for cuDNN, never read by us.
-            unsafe { stream.alloc::<u8>(bytes) }
-                .map(Some)
-                .map_err(E::wrap)
-        };
+        let (a, b) = (&a, &b);
+        let (x, y, w) = (&plan.x, &plan.y, &plan.w);
+        let conv = &plan.conv;
         let out = match pass {
             Pass::Forward => {
-                let op = ConvForward {
-                    conv: &plan.conv,
-                    x: &plan.x,
-                    w: &plan.w,
-                    y: &plan.y,
-                };
-                let mut y = alloc(s.n * s.c_out * s.h * s.w)?;
-                let pick = || {
-                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
-                    if !timed {
-                        return heuristic();
-                    }
-                    let size = |algo| op.get_workspace_size(algo).ok();
-                    // SAFETY: as the call below.
-                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
-                        op.launch(algo, Some(ws), (one, zero), &a, &b, &mut y)
-                            .is_ok()
-                    };
-                    fastest(&dev, &FWD_ALGOS, size, run, heuristic)
-                };
-                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
-                let (algo, bytes) = chosen(&plan.fwd, pick, size)?;
-                let mut ws = workspace(bytes)?;
-                // SAFETY: the descriptors describe `a` (x), `b` (w) and `y`, all contiguous.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &b, &mut y) }
-                    .map_err(E::wrap)?;
-                y
+                let op = ConvForward { conv, x, w, y };
+                let len = s.n * s.c_out * s.h * s.w;
+                execute(&dev, &Call { op, a, b }, &plan.fwd, timed, len)?
             }
             Pass::Data => {
                 let op = ConvBackwardData {
-                    conv: &plan.conv,
-                    dx: &plan.x,
-                    w: &plan.w,
-                    dy: &plan.y,
+                    conv,
+                    dx: x,
+                    w,
+                    dy: y,
                 };
-                let mut dx = alloc(s.n * s.c_in * s.h * s.w)?;
-                let pick = || {
-                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
-                    if !timed {
-                        return heuristic();
-                    }
-                    let size = |algo| op.get_workspace_size(algo).ok();
-                    // SAFETY: as the call below.
-                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
-                        op.launch(algo, Some(ws), (one, zero), &mut dx, &b, &a)
-                            .is_ok()
-                    };
-                    fastest(&dev, &DATA_ALGOS, size, run, heuristic)
-                };
-                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
-                let (algo, bytes) = chosen(&plan.data, pick, size)?;
-                let mut ws = workspace(bytes)?;
-                // SAFETY: the descriptors describe `a` (dy), `b` (w) and `dx`, all contiguous.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &b, &a) }
-                    .map_err(E::wrap)?;
-                dx
+                let len = s.n * s.c_in * s.h * s.w;
+                execute(&dev, &Call { op, a, b }, &plan.data, timed, len)?
             }
             Pass::Filter => {
                 let op = ConvBackwardFilter {
-                    conv: &plan.conv,
-                    x: &plan.x,
-                    dw: &plan.w,
-                    dy: &plan.y,
+                    conv,
+                    x,
+                    dw: w,
+                    dy: y,
                 };
-                let mut dw = alloc(s.c_out * s.c_in * s.k * s.k)?;
-                let pick = || {
-                    let heuristic = || op.pick_algorithm().map_err(E::wrap);
-                    if !timed {
-                        return heuristic();
-                    }
-                    let size = |algo| op.get_workspace_size(algo).ok();
-                    // SAFETY: as the call below.
-                    let run = |algo, ws: &mut CudaSlice<u8>| unsafe {
-                        op.launch(algo, Some(ws), (one, zero), &a, &mut dw, &b)
-                            .is_ok()
-                    };
-                    fastest(&dev, &FILTER_ALGOS, size, run, heuristic)
-                };
-                let size = |algo| op.get_workspace_size(algo).map_err(E::wrap);
-                let (algo, bytes) = chosen(&plan.filter, pick, size)?;
-                let mut ws = workspace(bytes)?;
-                // SAFETY: the descriptors describe `a` (x), `b` (dy) and `dw`, all contiguous.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &a, &mut dw, &b) }
-                    .map_err(E::wrap)?;
-                dw
+                let len = s.c_out * s.c_in * s.k * s.k;
+                execute(&dev, &Call { op, a, b }, &plan.filter, timed, len)?
             }
         };
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
