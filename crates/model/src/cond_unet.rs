@@ -100,9 +100,19 @@ impl CondUnetConfig {
         if self.channels == 0 || self.base == 0 || self.blocks == 0 || self.emb_dim < 2 {
             return Err("channels, base, blocks must be at least 1 and emb_dim at least 2".into());
         }
-        if self.mults.is_empty() || self.mults.len() > 6 || self.mults.contains(&0) {
+        if self.blocks > 64 || self.emb_dim > 1 << 16 {
             return Err(format!(
-                "mults must be 1 to 6 positive numbers, got {:?}",
+                "blocks must be at most 64 and emb_dim at most 65536, got {} and {}",
+                self.blocks, self.emb_dim
+            ));
+        }
+        if self.mults.is_empty()
+            || self.mults.len() > 6
+            || self.mults.contains(&0)
+            || self.mults.iter().any(|&m| m > 1024)
+        {
+            return Err(format!(
+                "mults must be 1 to 6 numbers from 1 to 1024, got {:?}",
                 self.mults
             ));
         }
@@ -267,10 +277,24 @@ impl CondUnet {
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
+        Self::build(
+            config,
+            &mut ParamStore::with_dtype(device, dtype, seed),
+            dtype,
+        )
+    }
+
+    /// How many parameters the network of `config` has, counted without building it.
+    pub fn param_count(config: &CondUnetConfig) -> Result<u128> {
+        let mut s = ParamStore::counting();
+        Self::build(config.clone(), &mut s, DType::F32)?;
+        Ok(s.count().unwrap_or(0))
+    }
+
+    fn build(config: CondUnetConfig, s: &mut ParamStore, dtype: DType) -> Result<Self> {
         if let Err(reason) = config.check() {
             return Err(crate::ModelError::BadConfig(reason));
         }
-        let mut s = ParamStore::with_dtype(device, dtype, seed);
         let cfg = &config;
         let b = cfg.base;
         // Sinusoidal features of c_noise at angular frequencies 1 .. 100, geometrically spaced.
@@ -278,41 +302,35 @@ impl CondUnet {
         let freqs: Vec<f32> = (0..half)
             .map(|i| (100f64.powf(i as f64 / (half.max(2) - 1) as f64)) as f32)
             .collect();
-        let map1 = Linear::new(&mut s, "map.0", 2 * half, cfg.emb_dim)?;
-        let map2 = Linear::new(&mut s, "map.1", cfg.emb_dim, cfg.emb_dim)?;
-        let stem = Conv2d::new(&mut s, "stem", cfg.channels, b, 3, false)?;
+        let map1 = Linear::new(s, "map.0", 2 * half, cfg.emb_dim)?;
+        let map2 = Linear::new(s, "map.1", cfg.emb_dim, cfg.emb_dim)?;
+        let stem = Conv2d::new(s, "stem", cfg.channels, b, 3, false)?;
         let mut enc = Vec::new();
         let mut skips = Vec::new();
         let mut c = b;
         for (lvl, &m) in cfg.mults.iter().enumerate() {
             let mut blocks = Vec::new();
             for i in 0..cfg.blocks {
-                blocks.push(ResBlock::new(
-                    &mut s,
-                    &format!("enc.{lvl}.{i}"),
-                    c,
-                    b * m,
-                    cfg,
-                )?);
+                blocks.push(ResBlock::new(s, &format!("enc.{lvl}.{i}"), c, b * m, cfg)?);
                 c = b * m;
                 skips.push(c);
             }
             enc.push(blocks);
         }
-        let mid1 = ResBlock::new(&mut s, "mid.0", c, c, cfg)?;
+        let mid1 = ResBlock::new(s, "mid.0", c, c, cfg)?;
         let mid_attn = if cfg.attention {
-            Some(Attention::new(&mut s, "mid.attn", c)?)
+            Some(Attention::new(s, "mid.attn", c)?)
         } else {
             None
         };
-        let mid2 = ResBlock::new(&mut s, "mid.1", c, c, cfg)?;
+        let mid2 = ResBlock::new(s, "mid.1", c, c, cfg)?;
         let mut dec = Vec::new();
         for (lvl, &m) in cfg.mults.iter().enumerate().rev() {
             let mut blocks = Vec::new();
             for i in 0..cfg.blocks {
                 let skip = skips.pop().expect("one skip per encoder block");
                 blocks.push(ResBlock::new(
-                    &mut s,
+                    s,
                     &format!("dec.{lvl}.{i}"),
                     c + skip,
                     b * m,
@@ -322,12 +340,12 @@ impl CondUnet {
             }
             dec.push(blocks);
         }
-        let out_norm = GroupNorm::new(&mut s, "out_norm", c)?;
-        let out = Conv2d::new(&mut s, "out", c, cfg.channels, 3, false)?;
+        let out_norm = GroupNorm::new(s, "out_norm", c)?;
+        let out = Conv2d::new(s, "out", c, cfg.channels, 3, false)?;
         // The last layer starts at zero: F = 0, so D starts as c_skip x, the best constant-free guess.
         out.weight.set(&out.weight.zeros_like()?)?;
         out.bias.set(&out.bias.zeros_like()?)?;
-        let vars = s.into_vars();
+        let vars = s.take_vars();
         Ok(Self {
             config,
             freqs,

@@ -140,6 +140,11 @@ pub enum ModelConfig {
     CondUnet(CondUnetConfig),
 }
 
+/// The most parameters a network may have: 2^31, 8 GiB of f32 weights (and 32 GiB to train,
+/// with the gradients and Adam's two moments). A larger width is refused before anything is
+/// allocated ([`ModelConfig::check_size`]) rather than aborting the process.
+pub const MAX_PARAMS: u128 = 1 << 31;
+
 impl ModelConfig {
     /// The default configuration of a named architecture (`seed-unet`).
     pub fn from_arch(arch: &str) -> Option<Self> {
@@ -152,6 +157,43 @@ impl ModelConfig {
 
     /// The architectures this build knows.
     pub const ARCHES: &'static [&'static str] = &["cond-unet", "seed-unet"];
+
+    /// How many parameters the network has, counted from the configuration without allocating
+    /// them (errors for a configuration out of range).
+    pub fn param_count(&self) -> Result<u128> {
+        match self {
+            Self::SeedUnet(c) => SeedUnet::param_count(c),
+            Self::CondUnet(c) => CondUnet::param_count(c),
+        }
+    }
+
+    /// An error unless the network has at most [`MAX_PARAMS`] parameters.
+    pub fn check_size(&self) -> Result<()> {
+        // Channel counts are products of these: kept far from overflowing.
+        let (channels, width) = match self {
+            Self::SeedUnet(c) => (c.channels, c.base),
+            Self::CondUnet(c) => (c.channels, c.base),
+        };
+        if channels > 1 << 16 || width > 1 << 20 {
+            return Err(ModelError::BadConfig(format!(
+                "image channels must be at most 65536 and the width at most 1048576, got {channels} and {width}"
+            )));
+        }
+        let n = self.param_count()?;
+        if n > MAX_PARAMS {
+            return Err(ModelError::BadConfig(format!(
+                "{} would have {n} parameters ({:.1} GiB of f32 weights); the largest network \
+                 this tool builds has {MAX_PARAMS} (8 GiB): choose a smaller width{}",
+                self.arch(),
+                n as f64 * 4.0 / f64::from(1u32 << 30),
+                match self {
+                    Self::SeedUnet(_) => "",
+                    Self::CondUnet(_) => ", mults or emb_dim",
+                }
+            )));
+        }
+        Ok(())
+    }
 
     /// The architecture's name: `seed-unet` or `cond-unet`.
     pub fn arch(&self) -> &'static str {
@@ -202,6 +244,7 @@ impl Model {
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
+        config.check_size()?;
         Ok(match config {
             ModelConfig::SeedUnet(c) => {
                 Self::SeedUnet(SeedUnet::with_dtype(c.clone(), device, dtype, seed)?)
@@ -513,6 +556,57 @@ mod tests {
         .unwrap();
         let f = m.forward_flops(32, 32);
         assert!((f - 1.148977152e9).abs() < 1.0, "{f}");
+    }
+
+    #[test]
+    fn param_count_matches_the_built_network() {
+        let cond = |base, mults: Vec<usize>, blocks, attention, emb_dim| {
+            ModelConfig::CondUnet(CondUnetConfig {
+                base,
+                mults,
+                blocks,
+                attention,
+                emb_dim,
+                ..Default::default()
+            })
+        };
+        let seed = |base| {
+            ModelConfig::SeedUnet(SeedUnetConfig {
+                base,
+                ..Default::default()
+            })
+        };
+        for config in [
+            seed(1),
+            seed(8),
+            seed(16),
+            cond(8, vec![1, 2], 2, true, 16),
+            cond(4, vec![1, 3, 2], 1, false, 6),
+            ModelConfig::from_arch("cond-unet").unwrap(),
+        ] {
+            let built = Model::new(&config, &Device::Cpu, 0).unwrap().num_params();
+            assert_eq!(config.param_count().unwrap(), built as u128, "{config:?}");
+        }
+    }
+
+    #[test]
+    fn networks_too_large_are_refused_before_they_are_built() {
+        for arch in ModelConfig::ARCHES {
+            let mut config = ModelConfig::from_arch(arch).unwrap();
+            config.set_width(100_000);
+            assert!(config.param_count().unwrap() > MAX_PARAMS);
+            let e = Model::new(&config, &Device::Cpu, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("parameters") && e.contains("smaller width"),
+                "{e}"
+            );
+        }
+        // Counting saturates instead of overflowing.
+        let mut huge = ModelConfig::from_arch("seed-unet").unwrap();
+        huge.set_width(usize::MAX / 2);
+        assert!(huge.check_size().is_err());
     }
 
     #[test]

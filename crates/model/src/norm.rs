@@ -7,7 +7,7 @@
 //! `kernels/group_norm.cu`, one block per (image, group). [`reference_group_norm`] is the same
 //! function from candle's ops, the reference it is tested against.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::layers::param;
@@ -43,15 +43,8 @@ pub fn default_groups(channels: usize) -> usize {
 impl GroupNorm {
     /// Creates the layer for `channels` and registers its parameters.
     pub fn new(store: &mut ParamStore, name: &str, channels: usize) -> Result<Self> {
-        let dev = candle_core::Device::Cpu;
-        let gamma = store.push(
-            &format!("{name}.weight"),
-            Tensor::ones(channels, DType::F32, &dev)?,
-        )?;
-        let beta = store.push(
-            &format!("{name}.bias"),
-            Tensor::zeros(channels, DType::F32, &dev)?,
-        )?;
+        let gamma = store.filled(&format!("{name}.weight"), channels, 1.0)?;
+        let beta = store.filled(&format!("{name}.bias"), channels, 0.0)?;
         Ok(Self {
             gamma,
             beta,

@@ -108,20 +108,35 @@ impl SeedUnet {
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
-        let mut s = ParamStore::with_dtype(device, dtype, seed);
+        Self::build(
+            config,
+            &mut ParamStore::with_dtype(device, dtype, seed),
+            dtype,
+        )
+    }
+
+    /// How many parameters the network of `config` has, counted without building it.
+    pub fn param_count(config: &SeedUnetConfig) -> Result<u128> {
+        let mut s = ParamStore::counting();
+        Self::build(config.clone(), &mut s, DType::F32)?;
+        Ok(s.count().unwrap_or(0))
+    }
+
+    fn build(config: SeedUnetConfig, s: &mut ParamStore, dtype: DType) -> Result<Self> {
+        let s = &mut *s;
         let (c, b) = (config.channels, config.base);
-        let enc1 = DoubleConv::new(&mut s, "enc1", c, b)?;
-        let enc2 = DoubleConv::new(&mut s, "enc2", b, 2 * b)?;
-        let enc3 = DoubleConv::new(&mut s, "enc3", 2 * b, 4 * b)?;
-        let mid = DoubleConv::new(&mut s, "mid", 4 * b, 8 * b)?;
-        let up3 = ConvTranspose2x2::new(&mut s, "up3", 8 * b, 4 * b)?;
-        let dec3 = DoubleConv::new(&mut s, "dec3", 8 * b, 4 * b)?;
-        let up2 = ConvTranspose2x2::new(&mut s, "up2", 4 * b, 2 * b)?;
-        let dec2 = DoubleConv::new(&mut s, "dec2", 4 * b, 2 * b)?;
-        let up1 = ConvTranspose2x2::new(&mut s, "up1", 2 * b, b)?;
-        let dec1 = DoubleConv::new(&mut s, "dec1", 2 * b, b)?;
-        let out = Conv2d::new(&mut s, "out", b, c, 1, false)?;
-        let vars = s.into_vars();
+        let enc1 = DoubleConv::new(s, "enc1", c, b)?;
+        let enc2 = DoubleConv::new(s, "enc2", b, 2 * b)?;
+        let enc3 = DoubleConv::new(s, "enc3", 2 * b, 4 * b)?;
+        let mid = DoubleConv::new(s, "mid", 4 * b, 8 * b)?;
+        let up3 = ConvTranspose2x2::new(s, "up3", 8 * b, 4 * b)?;
+        let dec3 = DoubleConv::new(s, "dec3", 8 * b, 4 * b)?;
+        let up2 = ConvTranspose2x2::new(s, "up2", 4 * b, 2 * b)?;
+        let dec2 = DoubleConv::new(s, "dec2", 4 * b, 2 * b)?;
+        let up1 = ConvTranspose2x2::new(s, "up1", 2 * b, b)?;
+        let dec1 = DoubleConv::new(s, "dec1", 2 * b, b)?;
+        let out = Conv2d::new(s, "out", b, c, 1, false)?;
+        let vars = s.take_vars();
         Ok(Self {
             config,
             enc1,
