@@ -400,6 +400,7 @@ fn train_locked(
                 ),
             });
         }
+        check_training_memory(&wanted, device, config.ema_half_life().is_some())?;
         let model = Model::new(&wanted, device, 0)?;
         model.load_weights_from(&ckpt, "model")?;
         let mut adam = Adam::new(model.vars(), adam_config)?;
@@ -444,6 +445,8 @@ fn train_locked(
                 out_dir.display()
             );
         }
+        // Before anything of the old run is removed.
+        check_training_memory(&model_config, device, config.ema_half_life().is_some())?;
         for f in [METRICS, STEPS] {
             let _ = std::fs::remove_file(out_dir.join(f));
         }
@@ -858,6 +861,49 @@ impl Validation<'_> {
     }
 }
 
+/// An error unless the network is small enough to build ([`ModelConfig::check_size`]) and, on
+/// the CPU, the memory available holds its weights, their gradients, Adam's two moments and the
+/// moving average if there is one: a network too wide for the machine would otherwise abort
+/// the process when an allocation fails.
+pub(crate) fn check_training_memory(
+    config: &ModelConfig,
+    device: &Device,
+    ema: bool,
+) -> Result<()> {
+    config.check_size()?;
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let copies = if ema { 5 } else { 4 };
+    let params = config.param_count()?;
+    let needed = params * 4 * copies;
+    if needed > available {
+        let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
+        return Err(TrainError::Config(format!(
+            "training this {} ({params} parameters) needs at least {:.1} GiB for its weights, \
+             their gradients and Adam's moments{}; this machine has {:.1} GiB available: a \
+             smaller width, or a GPU",
+            config.arch(),
+            gib(needed),
+            if ema { " and the moving average" } else { "" },
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+/// The memory available to a new allocation, in bytes (`MemAvailable` of `/proc/meminfo`;
+/// `None` where there is no such file).
+fn available_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
 fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();
@@ -908,6 +954,28 @@ mod tests {
         pending.push(&scalar(0.5)).unwrap();
         assert_eq!(pending.settle(4, &mut running).unwrap(), Some(0.5));
         assert_eq!((running.sum, running.n), (8.0, 4));
+    }
+
+    #[test]
+    fn networks_are_sized_against_the_machine_before_training() {
+        let mut config = ModelConfig::from_arch("seed-unet").unwrap();
+        config.set_width(8);
+        check_training_memory(&config, &Device::Cpu, true).unwrap();
+        // Over the parameter limit: refused whatever the machine.
+        config.set_width(1100);
+        let e = check_training_memory(&config, &Device::Cpu, false).unwrap_err();
+        assert!(e.to_string().contains("parameters"), "{e}");
+        // Within it, but more than this machine holds (where the memory is known).
+        if let Some(bytes) = available_memory() {
+            assert!(bytes > 0);
+            let per_width2 = 1879u128 * 4 * 4; // seed-unet: about 1879 w^2 parameters
+            let width = ((bytes / per_width2) as f64).sqrt() as usize + 64;
+            config.set_width(width);
+            if config.param_count().unwrap() <= denoise_model::MAX_PARAMS {
+                let e = check_training_memory(&config, &Device::Cpu, false).unwrap_err();
+                assert!(e.to_string().contains("GiB available"), "{e}");
+            }
+        }
     }
 
     #[test]
