@@ -305,8 +305,8 @@ struct EvalArgs {
     /// Noise levels in 0..255 units, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "15,25,50")]
     sigmas: Vec<f64>,
-    /// Evaluate about N test images: the first N/classes of each class (file order; N/10 of
-    /// each of CIFAR-10's ten classes).
+    /// Evaluate about N test images: the first N/classes of each class, at least one (file
+    /// order; N/10 of each of CIFAR-10's ten classes, so --limit 4 takes 10).
     #[arg(long)]
     limit: Option<usize>,
     /// Seed of the noise.
