@@ -286,9 +286,7 @@ impl CondUnet {
 
     /// How many parameters the network of `config` has, counted without building it.
     pub fn param_count(config: &CondUnetConfig) -> Result<u128> {
-        let mut s = ParamStore::counting();
-        Self::build(config.clone(), &mut s, DType::F32)?;
-        Ok(s.count().unwrap_or(0))
+        ParamStore::count_of(|s| Self::build(config.clone(), s, DType::F32))
     }
 
     fn build(config: CondUnetConfig, s: &mut ParamStore, dtype: DType) -> Result<Self> {

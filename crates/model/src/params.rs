@@ -53,6 +53,13 @@ impl ParamStore {
         }
     }
 
+    /// How many parameters `build` creates, counted by a [`ParamStore::counting`] store.
+    pub fn count_of<T>(build: impl FnOnce(&mut ParamStore) -> Result<T>) -> Result<u128> {
+        let mut s = Self::counting();
+        build(&mut s)?;
+        Ok(s.count().unwrap_or(0))
+    }
+
     /// How many values the parameters created so far hold (counting stores only).
     pub fn count(&self) -> Option<u128> {
         self.counted

@@ -117,9 +117,7 @@ impl SeedUnet {
 
     /// How many parameters the network of `config` has, counted without building it.
     pub fn param_count(config: &SeedUnetConfig) -> Result<u128> {
-        let mut s = ParamStore::counting();
-        Self::build(config.clone(), &mut s, DType::F32)?;
-        Ok(s.count().unwrap_or(0))
+        ParamStore::count_of(|s| Self::build(config.clone(), s, DType::F32))
     }
 
     fn build(config: SeedUnetConfig, s: &mut ParamStore, dtype: DType) -> Result<Self> {
