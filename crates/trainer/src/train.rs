@@ -584,9 +584,10 @@ fn train_locked(
     let elapsed_before = state.elapsed_secs;
     let mut running = Running::default();
     let mut pending = PendingLosses::default();
-    let mut last_loss = f64::NAN; // the last loss read, for the progress bar
-                                  // Reading a loss waits for the device to finish all it was given: on a GPU, the losses are
-                                  // read every `log_every` steps, and before a validation, not after every step.
+    // The last loss read, for the progress bar.
+    let mut last_loss = f64::NAN;
+    // Reading a loss waits for the device to finish all it was given: on a GPU, the losses are
+    // read every `log_every` steps, and before a validation, not after every step.
     let read_every = if device.is_cpu() {
         1
     } else {
@@ -743,7 +744,7 @@ struct PendingLosses {
 
 impl PendingLosses {
     fn push(&mut self, loss: &Tensor) -> Result<()> {
-        let loss = loss.detach().to_dtype(candle_core::DType::F32)?;
+        let loss = loss.detach().to_dtype(DType::F32)?;
         self.sum = Some(match self.sum.take() {
             Some(s) => (s + loss)?,
             None => loss,
