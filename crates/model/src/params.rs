@@ -94,6 +94,9 @@ impl ParamStore {
 
     /// A new parameter with a given value.
     pub fn push(&mut self, name: &str, value: Tensor) -> Result<Var> {
+        if let Some(stand_in) = self.counted(value.dims())? {
+            return Ok(self.keep(name, stand_in));
+        }
         let var = Var::from_tensor(&value.to_device(&self.device)?.to_dtype(self.dtype)?)?;
         Ok(self.keep(name, var))
     }
