@@ -1204,11 +1204,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         r.infer_gflops, r.threads, r.peak_rss_mb
     );
     if let Some(p) = r.train_phases_ms {
-        println!(
-            "a training step, phase by phase (device synchronised after each): forward {:.1} ms, \
-             loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
-            p.forward_ms, p.loss_ms, p.backward_ms, p.optimizer_ms
-        );
+        println!("a training step, phase by phase (device synchronised after each): {p}");
     }
     if let Some(h) = r.train_host_ms {
         print!(
@@ -1216,10 +1212,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             h.median, h.min, h.max
         );
         match r.train_host_phases_ms {
-            Some(p) => println!(
-                ": forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
-                p.forward_ms, p.loss_ms, p.backward_ms, p.optimizer_ms
-            ),
+            Some(p) => println!(": {p}"),
             None => println!(),
         }
     }

@@ -518,7 +518,7 @@ mod cuda {
 
     /// The [`Plan`] of a shape: made on its first call on this thread.
     fn plan<T, C>(
-        cudnn: &Arc<Cudnn>,
+        dev: &CudaDevice,
         key: Key,
         s: &ConvShape,
         padding: usize,
@@ -532,6 +532,7 @@ mod cuda {
                 return Ok(p);
             }
         }
+        let cudnn = handle(dev)?;
         let i = |v: usize| v as std::ffi::c_int;
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let p = i(padding);
@@ -589,7 +590,6 @@ mod cuda {
         C: CudnnDataType + 'static,
     {
         let dev = s1.device().clone();
-        let cudnn = handle(&dev)?;
         let a = crate::operands::cuda_view::<T>(s1, l1, "conv")?;
         let b = crate::operands::cuda_view::<T>(s2, l2, "conv")?;
         let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
@@ -602,7 +602,7 @@ mod cuda {
             tf32,
             timed,
         );
-        let plan = plan::<T, C>(&cudnn, key, s, padding)?;
+        let plan = plan::<T, C>(&dev, key, s, padding)?;
         let (a, b) = (&a, &b);
         let (x, y, w) = (&plan.x, &plan.y, &plan.w);
         let conv = &plan.conv;

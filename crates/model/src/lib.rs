@@ -167,8 +167,9 @@ impl ModelConfig {
         }
     }
 
-    /// An error unless the network has at most [`MAX_PARAMS`] parameters.
-    pub fn check_size(&self) -> Result<()> {
+    /// The network's parameter count ([`ModelConfig::param_count`]), or an error where it is
+    /// more than [`MAX_PARAMS`].
+    pub fn check_size(&self) -> Result<u128> {
         // Channel counts are products of these: kept far from overflowing.
         let (channels, width) = match self {
             Self::SeedUnet(c) => (c.channels, c.base),
@@ -192,7 +193,7 @@ impl ModelConfig {
                 }
             )));
         }
-        Ok(())
+        Ok(n)
     }
 
     /// The architecture's name: `seed-unet` or `cond-unet`.

@@ -28,17 +28,15 @@ pub fn widened(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tens
     }
 }
 
-/// Whether a tensor of `dtype` on `device` can take our ops by way of f32: half precision
-/// ([`widened`] on the way in, rounded on the way out) or f32/f64 as it is.
+/// Whether our ops run on `t` by way of f32 ([`via_f32`]): as it is ([`own_kernels_for`]), or
+/// half precision widened on the way in and rounded on the way out.
 pub fn own_kernels_via_f32(t: &candle_core::Tensor) -> bool {
-    has_own_kernels(t.device())
-        && matches!(
-            t.dtype(),
-            candle_core::DType::F32
-                | candle_core::DType::F64
-                | candle_core::DType::BF16
-                | candle_core::DType::F16
-        )
+    own_kernels_for(t)
+        || (has_own_kernels(t.device())
+            && matches!(
+                t.dtype(),
+                candle_core::DType::BF16 | candle_core::DType::F16
+            ))
 }
 
 /// A half-precision CPU operand's values widened to f32 (`None` for other dtypes).
@@ -73,12 +71,8 @@ pub fn via_f32(
     x: &candle_core::Tensor,
     op: impl FnOnce(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
 ) -> candle_core::Result<candle_core::Tensor> {
-    let y = op(&widened(x)?)?;
-    if y.dtype() == x.dtype() {
-        Ok(y)
-    } else {
-        y.to_dtype(x.dtype())
-    }
+    // (`to_dtype` to the same dtype is the tensor itself.)
+    op(&widened(x)?)?.to_dtype(x.dtype())
 }
 
 /// The values of a contiguous operand.

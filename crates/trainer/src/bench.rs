@@ -22,6 +22,31 @@ pub struct Stats {
     pub max: f64,
 }
 
+impl Phases {
+    /// The mean of `steps` steps from their summed milliseconds (forward, loss, backward,
+    /// optimizer).
+    fn mean(ms: [f64; 4], steps: usize) -> Self {
+        let per = |v: f64| v / steps as f64;
+        Self {
+            forward_ms: per(ms[0]),
+            loss_ms: per(ms[1]),
+            backward_ms: per(ms[2]),
+            optimizer_ms: per(ms[3]),
+        }
+    }
+}
+
+/// `forward 3.0 ms, loss 0.3 ms, backward 8.9 ms, optimizer 0.6 ms`.
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+            self.forward_ms, self.loss_ms, self.backward_ms, self.optimizer_ms
+        )
+    }
+}
+
 impl Stats {
     /// The statistics of a non-empty list of finite values.
     pub fn of(v: &[f64]) -> Self {
@@ -212,44 +237,29 @@ pub fn bench(
         device.synchronize()?;
         inf.push((steps * infer_batch) as f64 / t.elapsed().as_secs_f64());
     }
-    // The phases, in a round of their own (see `Phases`).
-    let mut ms = [0f64; 4];
-    for _ in 0..steps {
-        let mut t = Instant::now();
-        train_step(&mut |i: usize| -> Result<()> {
-            device.synchronize()?;
-            ms[i] += t.elapsed().as_secs_f64() * 1e3;
-            t = Instant::now();
-            Ok(())
-        })?;
-    }
-    // The host's share: each step queued without a wait (see `BenchResult::train_host_ms`).
-    let mut host = Vec::with_capacity(steps);
-    let mut host_ms = [0f64; 4];
-    for _ in 0..steps {
-        let start = Instant::now();
-        let mut t = start;
-        train_step(&mut |i: usize| -> Result<()> {
-            host_ms[i] += t.elapsed().as_secs_f64() * 1e3;
-            t = Instant::now();
-            Ok(())
-        })?;
-        host.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    device.synchronize()?;
-    let per = |v: f64| v / steps as f64;
-    let host_phases = Phases {
-        forward_ms: per(host_ms[0]),
-        loss_ms: per(host_ms[1]),
-        backward_ms: per(host_ms[2]),
-        optimizer_ms: per(host_ms[3]),
+    // A round of `steps` steps timed phase by phase: with `wait`, the device synchronised after
+    // each phase (see `Phases`); without, the host's time to queue each (see
+    // `BenchResult::train_host_ms`). The mean per phase, and each step's total.
+    let mut phase_round = |wait: bool| -> Result<(Phases, Vec<f64>)> {
+        let (mut ms, mut totals) = ([0f64; 4], Vec::with_capacity(steps));
+        for _ in 0..steps {
+            let start = Instant::now();
+            let mut t = start;
+            train_step(&mut |i: usize| -> Result<()> {
+                if wait {
+                    device.synchronize()?;
+                }
+                ms[i] += t.elapsed().as_secs_f64() * 1e3;
+                t = Instant::now();
+                Ok(())
+            })?;
+            totals.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        device.synchronize()?;
+        Ok((Phases::mean(ms, steps), totals))
     };
-    let phases = Phases {
-        forward_ms: per(ms[0]),
-        loss_ms: per(ms[1]),
-        backward_ms: per(ms[2]),
-        optimizer_ms: per(ms[3]),
-    };
+    let (phases, _) = phase_round(true)?;
+    let (host_phases, host) = phase_round(false)?;
     let flops = model.forward_flops(size, size);
     let train = Stats::of(&tr);
     let infer = Stats::of(&inf);

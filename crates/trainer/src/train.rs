@@ -635,7 +635,8 @@ fn train_locked(
         state.index += 1;
         window.1 += b.n as u64;
         let logged = state.global_step % config.log_every.max(1) == 0;
-        if logged || state.global_step % read_every == 0 {
+        // Every logged step is read: `read_every` is 1 or `log_every`.
+        if state.global_step % read_every == 0 {
             if let Some(l) = pending.settle(state.global_step, &mut running)? {
                 last_loss = l;
             }
@@ -871,7 +872,7 @@ pub(crate) fn check_training_memory(
     device: &Device,
     ema: bool,
 ) -> Result<()> {
-    config.check_size()?;
+    let params = config.check_size()?;
     if !device.is_cpu() {
         return Ok(());
     }
@@ -879,7 +880,6 @@ pub(crate) fn check_training_memory(
         return Ok(());
     };
     let copies = if ema { 5 } else { 4 };
-    let params = config.param_count()?;
     let needed = params * 4 * copies;
     if needed > available {
         let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
