@@ -48,9 +48,16 @@ def main():
     ap.add_argument("--score", help="score this folder's sigma<S>/<name>.png instead of running BM3D")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    import numpy as np
-    from PIL import Image
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    if args.limit < 0:
+        fail(f"--limit {args.limit}: expected 0 (all photos) or a positive count")
+    try:
+        import numpy as np
+        from PIL import Image
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+        if not args.score:
+            import bm3d
+    except ImportError as e:
+        fail(f"needs {e.name}: pip install bm3d scikit-image pillow")
 
     sigmas = sigmas_of(args.sigmas)
     data = pathlib.Path(args.data)
@@ -63,23 +70,25 @@ def main():
     if not files:
         fail(f"--data {data}: no images")
     rows = []
-    for s in sigmas:
-        for i, f in enumerate(files):
-            clean = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64)
+    for i, f in enumerate(files):
+        clean = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64)
+        mp = clean.shape[0] * clean.shape[1] / 1e6
+        for s in sigmas:
             rng = np.random.default_rng([args.seed, i, int(round(s * 100))])
             noisy = np.clip(np.round(clean + rng.normal(0.0, s, clean.shape)), 0, 255)
             out = pathlib.Path(args.noisy) / f"sigma{s:g}" / f"{f.stem}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(noisy.astype(np.uint8)).save(out)
-            mp = clean.shape[0] * clean.shape[1] / 1e6
             if args.score:
                 path = pathlib.Path(args.score) / f"sigma{s:g}" / f"{f.stem}.png"
                 if not path.is_file():
                     fail(f"--score: no {path}")
                 den = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+                if den.shape != clean.shape:
+                    fail(f"--score: {path} is {den.shape[1]}x{den.shape[0]}, expected "
+                         f"{clean.shape[1]}x{clean.shape[0]} as {f}")
                 secs = None
             else:
-                import bm3d
                 t = time.perf_counter()
                 den = bm3d.bm3d_rgb(noisy / 255.0, s / 255.0) * 255.0
                 secs = time.perf_counter() - t

@@ -60,7 +60,8 @@ def main():
             found = sorted(debs.glob(f"{p}_*.deb"))
             if not found:
                 fail(f"{debs}: no {p}_*.deb")
-            subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(root)], check=True)
+            if subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(root)]).returncode != 0:
+                fail(f"{found[-1]}: dpkg-deb could not extract it (expected a Debian package)")
 
         written = {"train": 0, "val": 0, "test": 0}
         for r in rows:
