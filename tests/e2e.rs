@@ -268,6 +268,71 @@ fn cifar_binary_train_resume_eval() {
     );
     let records = jsonl(&b.join("metrics.jsonl"));
     assert_eq!(records.len(), 2);
+    // --init-from starts a new run from a checkpoint's (averaged) weights, with a fresh
+    // optimizer: one step at a vanishing rate leaves them where they were.
+    let d = tmp.path().join("d");
+    let b_last = b.join("last.safetensors");
+    let mut args = vec![
+        "train",
+        "--out",
+        d.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--lr",
+        "1e-12",
+        "--init-from",
+        b_last.to_str().unwrap(),
+    ];
+    args.extend(common);
+    let text = ok(&args);
+    assert!(text.contains("starting from the weights of"), "{text}");
+    let state = metadata(&d.join("last.safetensors"));
+    assert_eq!(state["global_step"], 1);
+    assert_eq!(state["config"]["init_from"], b_last.to_str().unwrap());
+    let start = weights(&b_last);
+    let tuned = weights(&d.join("last.safetensors"));
+    let ema: Vec<_> = start
+        .iter()
+        .filter(|(n, _)| n.starts_with("ema."))
+        .collect();
+    assert!(!ema.is_empty());
+    for (name, bytes) in ema {
+        let model = format!("model.{}", &name[4..]);
+        let (_, got) = tuned.iter().find(|(n, _)| *n == model).unwrap();
+        let f = |b: &[u8]| -> Vec<f32> {
+            b.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (a, g) = (f(bytes), f(got));
+        let diff = a
+            .iter()
+            .zip(&g)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-6, "{model} moved by {diff} from {name}");
+    }
+    // Its network is the checkpoint's: another width is refused, as is a checkpoint that is
+    // not a file.
+    let e = tmp.path().join("e");
+    let mut wider = args.clone();
+    wider[2] = e.to_str().unwrap();
+    let w = wider.iter().position(|a| *a == "--width").unwrap();
+    wider[w + 1] = "16";
+    let err = fails(&wider);
+    assert!(
+        err.contains("--init-from") && err.contains("width 8, not 16"),
+        "{err}"
+    );
+    assert!(!e.exists(), "a refused run left its folder behind");
+    let mut missing = args.clone();
+    missing[2] = e.to_str().unwrap();
+    missing[8] = "nowhere.safetensors";
+    let err = fails(&missing);
+    assert!(
+        err.contains("--init-from nowhere.safetensors: expected a checkpoint file"),
+        "{err}"
+    );
     // --overwrite starts the folder over: a new run of its own steps.
     let mut args = vec![
         "train",

@@ -180,10 +180,15 @@ struct DataArgs {
     /// images whose size is not the first one's.
     #[arg(long)]
     crop: bool,
-    /// Cut every image (of any size, at least N x N) into N x N patches on a grid and use
-    /// those: to train and evaluate on photos of different sizes.
+    /// Cut every image (of any size, at least N x N) into N x N patches and use those: to
+    /// train and evaluate on photos of different sizes. Training takes as many crops per epoch
+    /// as a grid would give, at new random positions and orientations every epoch; validation
+    /// and test patches lie on a fixed grid.
     #[arg(long, value_name = "N", conflicts_with = "crop", value_parser = clap::value_parser!(u32).range(1..))]
     patch: Option<u32>,
+    /// With --patch: train on the fixed grid of patches too, the same ones every epoch.
+    #[arg(long, requires = "patch")]
+    grid_patches: bool,
 }
 
 #[derive(Args)]
@@ -292,6 +297,10 @@ struct TrainArgs {
     /// and loss; the network computes in bf16, for GPU tensor cores). Validation stays f32.
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// Start a new run from the weights of this checkpoint (a run's best.safetensors or a model
+    /// in models/) with a fresh optimizer: fine-tuning. The network is the checkpoint's.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -486,6 +495,7 @@ fn data_options(args: &DataArgs, multiple: usize) -> LoadOptions {
         size: None,
         multiple,
         patch: args.patch.map(|p| p as usize),
+        random_crops: args.patch.is_some() && !args.grid_patches,
     }
 }
 
@@ -573,6 +583,16 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(d) = a.dtype {
         c.dtype = d.dtype().as_str().to_string();
+    }
+    if let Some(p) = &a.init_from {
+        if !p.is_file() {
+            bail!(
+                "--init-from {}: expected a checkpoint file (.safetensors), found {}",
+                p.display(),
+                if p.exists() { "a folder" } else { "nothing" }
+            );
+        }
+        c.init_from = Some(p.display().to_string());
     }
     c.validate()?;
     Ok(c)

@@ -10,8 +10,47 @@ use std::thread::JoinHandle;
 
 use rand::Rng;
 
+use crate::crops::CropPool;
 use crate::noise::{normal, rng_for, DataRng};
 use crate::ImageSet;
+
+/// Where the training images of each epoch come from.
+#[derive(Debug, Clone)]
+pub enum TrainImages {
+    /// The same images every epoch (in a new order).
+    Fixed(Arc<ImageSet>),
+    /// New random crops of whole photos every epoch ([`CropPool::epoch_set`]).
+    Crops(Arc<CropPool>),
+}
+
+impl TrainImages {
+    /// Images per epoch.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Fixed(set) => set.n,
+            Self::Crops(pool) => pool.crops_per_epoch(),
+        }
+    }
+
+    /// True when an epoch has no images.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The images of `epoch`.
+    pub fn epoch(&self, seed: u64, epoch: usize) -> Arc<ImageSet> {
+        match self {
+            Self::Fixed(set) => set.clone(),
+            Self::Crops(pool) => Arc::new(pool.epoch_set(seed, epoch)),
+        }
+    }
+}
+
+impl From<Arc<ImageSet>> for TrainImages {
+    fn from(set: Arc<ImageSet>) -> Self {
+        Self::Fixed(set)
+    }
+}
 
 /// How batches are made.
 #[derive(Debug, Clone)]
@@ -176,18 +215,26 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the thread, at batch `index` of `epoch`.
-    pub fn start(set: Arc<ImageSet>, cfg: BatchConfig, epoch: usize, index: usize) -> Self {
-        let steps = steps_per_epoch(set.n, cfg.batch_size);
+    pub fn start(
+        images: impl Into<TrainImages>,
+        cfg: BatchConfig,
+        epoch: usize,
+        index: usize,
+    ) -> Self {
+        let images = images.into();
+        let n = images.len();
+        let steps = steps_per_epoch(n, cfg.batch_size);
         let (tx, rx) = sync_channel(2);
         let handle = std::thread::Builder::new()
             .name("batcher".into())
             .spawn(move || {
                 let (mut epoch, mut index) = (epoch, index);
                 loop {
-                    let order = epoch_order(set.n, cfg.seed, epoch);
+                    let set = images.epoch(cfg.seed, epoch);
+                    let order = epoch_order(n, cfg.seed, epoch);
                     while index < steps {
-                        let idx = &order
-                            [index * cfg.batch_size..((index + 1) * cfg.batch_size).min(set.n)];
+                        let idx =
+                            &order[index * cfg.batch_size..((index + 1) * cfg.batch_size).min(n)];
                         let mut rng = rng_for(&[cfg.seed, epoch as u64, index as u64]);
                         let mut b = make_batch(&set, idx, &cfg, cfg.flip, &mut rng);
                         b.epoch = epoch;

@@ -116,6 +116,7 @@ pub fn load_splits(dir: &Path) -> Result<Splits> {
         train,
         val,
         test,
+        train_crops: None,
     })
 }
 

@@ -2,10 +2,14 @@
 //! of CIFAR-10 is laid out), class folders alone, or a flat folder of images.
 //!
 //! Files are taken in sorted file-name order, classes in sorted folder-name order. The
-//! validation set is the last 10 % of each class of the training images.
+//! validation set is a `val/` folder beside `train/` where there is one, else the last 10 % of
+//! each class of the training images.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use crate::crops::{CropPool, Photo};
 use crate::{grid_patches, io_err, DataError, ImageSet, LoadOptions, Result, Splits};
 
 /// The file name extensions of the image formats read (the `image` crate's features).
@@ -126,13 +130,13 @@ pub fn read_rgb(
     Ok((chw, h, w))
 }
 
-/// Decodes `files` on all cores. `decode` turns one file into its pixel bytes and the number of
-/// images they hold; the bytes are concatenated in file order, each file's label repeated once
-/// per image.
-fn read_parallel(
+/// Decodes `files` on all cores. `decode` turns one file into what it holds (a photo, or the
+/// bytes of its images) and the number of images in it; the results come in file order, with
+/// each file's label repeated once per image.
+fn read_parallel<T: Send>(
     files: &[(PathBuf, u16)],
-    decode: impl Fn(&Path) -> Result<(Vec<u8>, usize)> + Sync,
-) -> Result<(Vec<u8>, Vec<u16>)> {
+    decode: impl Fn(&Path) -> Result<(T, usize)> + Sync,
+) -> Result<(Vec<T>, Vec<u16>)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
@@ -142,14 +146,14 @@ fn read_parallel(
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|files| {
-                s.spawn(move || -> Result<(Vec<u8>, Vec<u16>)> {
-                    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+                s.spawn(move || -> Result<(Vec<T>, Vec<u16>)> {
+                    let (mut items, mut labels) = (Vec::new(), Vec::new());
                     for (path, label) in files {
-                        let (px, images) = decode(path)?;
-                        pixels.extend(px);
+                        let (item, images) = decode(path)?;
+                        items.push(item);
                         labels.extend(std::iter::repeat_n(*label, images));
                     }
-                    Ok((pixels, labels))
+                    Ok((items, labels))
                 })
             })
             .collect();
@@ -158,12 +162,12 @@ fn read_parallel(
             .map(|h| h.join().expect("image reader thread panicked"))
             .collect::<Result<Vec<_>>>()
     })?;
-    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
-    for (px, l) in parts {
-        pixels.extend(px);
+    let (mut items, mut labels) = (Vec::new(), Vec::new());
+    for (it, l) in parts {
+        items.extend(it);
         labels.extend(l);
     }
-    Ok((pixels, labels))
+    Ok((items, labels))
 }
 
 /// Reads `files` (with their labels) into an image set, on all cores.
@@ -177,7 +181,7 @@ pub fn read_set(
         read_parallel(files, |path| Ok((read_rgb(path, Some(size), crop)?.0, 1)))?;
     Ok(ImageSet {
         n: labels.len(),
-        pixels,
+        pixels: pixels.concat(),
         labels,
         c: 3,
         h: size.0,
@@ -208,7 +212,7 @@ pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) ->
     })?;
     Ok(ImageSet {
         n: labels.len(),
-        pixels,
+        pixels: pixels.concat(),
         labels,
         c: 3,
         h: p,
@@ -238,16 +242,42 @@ fn labeled(classes: &[(String, Vec<PathBuf>)]) -> Vec<(PathBuf, u16)> {
         .collect()
 }
 
-/// The folders of the training and of the test images (the same folder when there are no
-/// `train/` and `test/` subfolders).
-fn split_dirs(dir: &Path) -> (PathBuf, PathBuf) {
-    if dir.join("train").is_dir() && dir.join("test").is_dir() {
+/// The folders of a dataset's splits.
+struct SplitDirs {
+    train: PathBuf,
+    /// A `val/` folder beside `train/`; without one the validation images are cut from `train`.
+    val: Option<PathBuf>,
+    /// The test images: the same folder as `train` when there is no `test/` subfolder.
+    test: PathBuf,
+}
+
+fn split_dirs(dir: &Path) -> SplitDirs {
+    let (train, test) = if dir.join("train").is_dir() && dir.join("test").is_dir() {
         (dir.join("train"), dir.join("test"))
     } else if dir.join("train").is_dir() {
         (dir.join("train"), dir.join("train"))
     } else {
         (dir.to_path_buf(), dir.to_path_buf())
-    }
+    };
+    let val = (train != dir && dir.join("val").is_dir()).then(|| dir.join("val"));
+    SplitDirs { train, val, test }
+}
+
+/// Reads whole photos of any size of at least `p x p` into a [`CropPool`], on all cores.
+fn read_pool(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<CropPool> {
+    let (photos, labels) = read_parallel(files, |path| {
+        let (pixels, h, w) = read_rgb(path, None, false)?;
+        if h < p || w < p {
+            return Err(DataError::SmallerThanPatch {
+                path: path.to_path_buf(),
+                found_w: w as u32,
+                found_h: h as u32,
+                patch: p,
+            });
+        }
+        Ok((Photo { pixels, h, w }, 1))
+    })?;
+    CropPool::new(photos, labels, classes, 3, p)
 }
 
 /// The image size `(h, w)`: the one asked for; with `crop`, the smallest height and width
@@ -288,43 +318,66 @@ fn size_of<'a>(
 
 /// Loads only the test images of a folder (what [`load_splits`] would give as `test`).
 pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
-    let (_, test_dir) = split_dirs(dir);
+    let test_dir = split_dirs(dir).test;
     let test_classes = classes(&test_dir)?;
     let size = size_of(opts, test_classes.iter().flat_map(|c| &c.1), &test_dir)?;
     let names = test_classes.iter().map(|c| c.0.clone()).collect();
     read_as(&labeled(&test_classes), size, opts, names)
 }
 
-/// Loads an image folder. With `train/` and `test/` subfolders those are the splits; otherwise
-/// the whole folder is both the pool for training and the test set.
+/// Loads an image folder. With `train/` and `test/` subfolders those are the splits (and
+/// `val/`, where there is one, the validation images); otherwise the whole folder is both the
+/// pool for training and the test set.
 pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
-    let (train_dir, test_dir) = split_dirs(dir);
-    let train_classes = classes(&train_dir)?;
+    let dirs = split_dirs(dir);
+    let (train_dir, test_dir) = (&dirs.train, &dirs.test);
+    let train_classes = classes(train_dir)?;
     let test_classes = if test_dir == train_dir {
         Vec::new()
     } else {
-        classes(&test_dir)?
+        classes(test_dir)?
+    };
+    let val_classes = match &dirs.val {
+        Some(v) => classes(v)?,
+        None => Vec::new(),
     };
     let size = size_of(
         opts,
-        train_classes.iter().chain(&test_classes).flat_map(|c| &c.1),
-        &train_dir,
+        train_classes
+            .iter()
+            .chain(&test_classes)
+            .chain(&val_classes)
+            .flat_map(|c| &c.1),
+        train_dir,
     )?;
     let names: Vec<String> = train_classes.iter().map(|c| c.0.clone()).collect();
-    // Last 10 % of each class (at least one image when a class has two or more) for validation.
     let mut train_files = Vec::new();
     let mut val_files = Vec::new();
-    for (i, (_, files)) in train_classes.iter().enumerate() {
-        let n_val = if files.len() >= 2 {
-            (files.len() / 10).max(1)
-        } else {
-            0
-        };
-        let split = files.len() - n_val;
-        train_files.extend(files[..split].iter().map(|f| (f.clone(), i as u16)));
-        val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));
+    if dirs.val.is_some() {
+        train_files = labeled(&train_classes);
+        // Validation labels follow the training class names where they match.
+        for (name, files) in &val_classes {
+            let label = names.iter().position(|n| n == name).unwrap_or(0) as u16;
+            val_files.extend(files.iter().map(|f| (f.clone(), label)));
+        }
+    } else {
+        // Last 10 % of each class (at least one image when a class has two or more).
+        for (i, (_, files)) in train_classes.iter().enumerate() {
+            let n_val = if files.len() >= 2 {
+                (files.len() / 10).max(1)
+            } else {
+                0
+            };
+            let split = files.len() - n_val;
+            train_files.extend(files[..split].iter().map(|f| (f.clone(), i as u16)));
+            val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));
+        }
     }
     let train = read_as(&train_files, size, opts, names.clone())?;
+    let train_crops = match opts.patch {
+        Some(p) if opts.random_crops => Some(Arc::new(read_pool(&train_files, p, names.clone())?)),
+        _ => None,
+    };
     let val = read_as(&val_files, size, opts, names.clone())?;
     let test = if test_dir == train_dir {
         read_as(&labeled(&train_classes), size, opts, names)?
@@ -335,9 +388,14 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
     };
     Ok(Splits {
         description: format!(
-            "image folder {}: {} train, {} validation, {} test {} of {}x{} in {} classes",
+            "image folder {}: {} train{}, {} validation, {} test {} of {}x{} in {} classes",
             dir.display(),
             train.n,
+            if train_crops.is_some() {
+                " (random crops, new each epoch)"
+            } else {
+                ""
+            },
             val.n,
             test.n,
             match opts.patch {
@@ -355,5 +413,6 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
         train,
         val,
         test,
+        train_crops,
     })
 }

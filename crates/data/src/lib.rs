@@ -32,6 +32,7 @@
 
 pub mod batch;
 pub mod cifar;
+pub mod crops;
 pub mod download;
 pub mod estimate;
 pub mod folder;
@@ -284,6 +285,20 @@ pub struct Splits {
     pub test: ImageSet,
     /// What was read, for logs.
     pub description: String,
+    /// With [`LoadOptions::random_crops`]: the whole training photos, from which each epoch
+    /// cuts new crops; `train` then holds the grid's patches of the same photos (as many as
+    /// an epoch's crops).
+    pub train_crops: Option<std::sync::Arc<crops::CropPool>>,
+}
+
+impl Splits {
+    /// What the batcher trains on: the random crops where there are any, else `train`.
+    pub fn train_images(&self) -> batch::TrainImages {
+        match &self.train_crops {
+            Some(pool) => batch::TrainImages::Crops(pool.clone()),
+            None => batch::TrainImages::Fixed(std::sync::Arc::new(self.train.clone())),
+        }
+    }
 }
 
 /// How a folder given as `--data` is read.
@@ -302,6 +317,10 @@ pub struct LoadOptions {
     /// grid ([`grid_patches`]), instead of using whole images of one size. For training on
     /// photos: each becomes many training images. `crop` and `size` are then ignored.
     pub patch: Option<usize>,
+    /// With `patch`, on an image folder: train on crops at random positions and in random
+    /// orientations, new every epoch ([`crops::CropPool`]), instead of the fixed grid. The
+    /// validation and test images stay on the grid.
+    pub random_crops: bool,
 }
 
 /// The `p x p` patches of a CHW image of `c x h x w` bytes, on a grid centred in the image
@@ -334,6 +353,7 @@ fn cifar_patches(splits: Splits, opts: &LoadOptions) -> Result<Splits> {
         train: splits.train.patches(p)?,
         val: splits.val.patches(p)?,
         test: splits.test.patches(p)?,
+        train_crops: None,
     })
 }
 

@@ -136,6 +136,53 @@ fn photos_of_any_size_become_patches() {
     }
 }
 
+/// A photo folder with `train/`, `val/` and `test/`: `val/` is the validation set, and with
+/// random crops every epoch cuts new crops of the training photos (from those photos only).
+#[test]
+fn a_val_folder_and_random_crops_of_the_training_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    for (split, k0, n) in [("train", 0u8, 3u8), ("val", 10, 2), ("test", 20, 1)] {
+        std::fs::create_dir_all(dir.path().join(split)).unwrap();
+        for k in k0..k0 + n {
+            let path = dir.path().join(split).join(format!("p{k}.png"));
+            coords_png(&path, k, 24 + k as u32, 18);
+        }
+    }
+    let opts = LoadOptions {
+        patch: Some(8),
+        random_crops: true,
+        ..Default::default()
+    };
+    let s = load(dir.path(), &opts).unwrap();
+    // Each photo is 18 high: 2 rows of 3 (or 4) patches.
+    assert_eq!(
+        (s.train.n, s.val.n, s.test.n),
+        (2 * 3 * 3, 2 * 2 * 4, 2 * 5)
+    );
+    assert!((0..s.val.n).all(|i| [10, 11].contains(&s.val.image(i)[2 * 64])));
+    assert!(s.description.contains("random crops"), "{}", s.description);
+    let pool = s.train_crops.clone().expect("random crops asked for");
+    assert_eq!(pool.crops_per_epoch(), s.train.n);
+    let images = s.train_images();
+    assert_eq!(images.len(), s.train.n);
+    let (a, b) = (images.epoch(5, 0), images.epoch(5, 1));
+    assert_ne!(a.pixels, b.pixels, "every epoch cuts new crops");
+    // Blue is the photo's number: only training photos are cut.
+    assert!((0..a.n).all(|i| a.image(i)[2 * 64..3 * 64].iter().all(|&v| v < 3)));
+
+    // Without random crops there is no pool and the batcher gets the grid.
+    let grid = load(
+        dir.path(),
+        &LoadOptions {
+            random_crops: false,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert!(grid.train_crops.is_none());
+    assert_eq!(grid.train_images().epoch(5, 0).pixels, grid.train.pixels);
+}
+
 /// Patches of an image set in memory (how CIFAR-10 binary files are cut): labels follow.
 #[test]
 fn image_sets_cut_into_patches_keep_their_labels() {

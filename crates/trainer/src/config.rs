@@ -89,6 +89,10 @@ pub struct TrainConfig {
     /// the optimizer and the loss stay f32, the network computes in bf16). Validation, and so
     /// the choice of the best checkpoint, is always f32.
     pub dtype: String,
+    /// Start a new run from the weights of this checkpoint (a training run's or an exported
+    /// model) instead of random ones: its network, with a fresh optimizer and schedule. Settings
+    /// that would change the network's shape must be left out or match it.
+    pub init_from: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -127,6 +131,7 @@ impl Default for TrainConfig {
             val_limit: None,
             log_every: 10,
             dtype: "f32".into(),
+            init_from: None,
         }
     }
 }

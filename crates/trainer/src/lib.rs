@@ -20,7 +20,10 @@
 //!     n, c: 3, h: 16, w: 16,
 //!     ..Default::default()
 //! };
-//! let data = Splits { train: set(8), val: set(4), test: set(4), description: "synthetic".into() };
+//! let data = Splits {
+//!     train: set(8), val: set(4), test: set(4),
+//!     description: "synthetic".into(), train_crops: None,
+//! };
 //!
 //! // The original network and recipe, narrowed to width 8, for two steps of 4 images.
 //! let config = TrainConfig {

@@ -445,12 +445,21 @@ fn train_locked(
                 out_dir.display()
             );
         }
+        let init = match &config.init_from {
+            Some(path) => Some(init_checkpoint(config, Path::new(path))?),
+            None => None,
+        };
+        let model_config = init.as_ref().map_or(model_config, |(_, c)| c.clone());
         // Before anything of the old run is removed.
         check_training_memory(&model_config, device, config.ema_half_life().is_some())?;
         for f in [METRICS, STEPS] {
             let _ = std::fs::remove_file(out_dir.join(f));
         }
         let model = Model::new(&model_config, device, config.seed)?;
+        if let Some((ckpt, _)) = &init {
+            model.load_weights(ckpt)?;
+            tracing::info!("starting from the weights of {}", ckpt.path);
+        }
         let adam = Adam::new(model.vars(), adam_config)?;
         let ema = match config.ema_half_life() {
             Some(h) => Some(Ema::new(&model, h, config.ema_rampup)?),
@@ -574,12 +583,7 @@ fn train_locked(
         out_dir,
         bar: &bar,
     };
-    let mut batcher = Batcher::start(
-        Arc::new(data.train.clone()),
-        batch_cfg,
-        state.epoch,
-        state.index,
-    );
+    let mut batcher = Batcher::start(data.train_images(), batch_cfg, state.epoch, state.index);
     let run_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let mut running = Running::default();
@@ -906,6 +910,36 @@ fn available_memory() -> Option<u128> {
 }
 
 /// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
+/// The checkpoint `--init-from` names and the network a run started from it trains: the
+/// checkpoint's, with the configuration's dropout; settings that would change its shape are
+/// an error.
+fn init_checkpoint(config: &TrainConfig, path: &Path) -> Result<(Checkpoint, ModelConfig)> {
+    let ckpt = Checkpoint::load(path)?;
+    let saved = ckpt.model_config()?;
+    let bad = |reason: String| TrainError::Resume {
+        path: ckpt.path.clone(),
+        reason,
+    };
+    if saved.arch() != config.arch {
+        return Err(bad(format!(
+            "--init-from: it holds a {} model, the configuration asks for {}",
+            saved.arch(),
+            config.arch
+        )));
+    }
+    let mut wanted = saved.clone();
+    config.apply_model_fields(&mut wanted);
+    let changed = shape_changes(&saved, &wanted);
+    if !changed.is_empty() {
+        return Err(bad(format!(
+            "--init-from: its network has {}: a run started from it keeps its network (leave \
+             these settings out)",
+            changed.join(", ")
+        )));
+    }
+    Ok((ckpt, wanted))
+}
+
 fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |name: &str, a: String, b: String| {

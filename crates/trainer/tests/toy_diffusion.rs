@@ -73,6 +73,7 @@ fn samples_land_on_the_training_patterns() {
         val: set(2),
         test: set(1),
         description: "four 8x8 patterns".into(),
+        train_crops: None,
     };
     let config = TrainConfig {
         arch: "cond-unet".into(),
