@@ -1649,3 +1649,131 @@ fn estimate_reports_noise_levels() {
     assert!(err.contains("is the image"), "{err}");
     assert_eq!(std::fs::read(&a).unwrap(), before);
 }
+
+/// Photos of several sizes: `eval` scores each whole (the large one through the tiled path)
+/// with the shipped photo model, picked by their size, under each kind of noise; `generate`
+/// picks the photo model for a picture larger than 64x64 and says so; `train` takes the noise
+/// flags into its recipe.
+#[test]
+fn photos_of_any_size_get_the_photo_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    // 600x480 is more than generate's whole-image limit (512x512 pixels): it runs in tiles.
+    for (k, (w, h)) in [(600, 480), (40, 40), (90, 70)].into_iter().enumerate() {
+        write_png(&photos.join(format!("p{k}.png")), k, w, h);
+    }
+    let p = photos.to_str().unwrap();
+    let json = tmp.path().join("eval.json");
+    let eval = |extra: &[&str]| {
+        let args = [
+            "eval",
+            "--data",
+            p,
+            "--sigmas",
+            "25",
+            "--json",
+            json.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        let text = ok(&[&args[..], extra].concat());
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (text, v)
+    };
+    let (text, v) = eval(&["--estimate-sigma"]);
+    assert!(
+        text.contains("cond-unet-photos.safetensors (cond-unet")
+            && text.contains("3 test images of several sizes, each whole, gaussian noise"),
+        "{text}"
+    );
+    assert_eq!(v["images"], 3);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let (noisy, den) = (
+            r["noisy_psnr"].as_f64().unwrap(),
+            r["psnr"].as_f64().unwrap(),
+        );
+        assert!(den > noisy + 6.0, "{r}");
+    }
+    let est = results[1]["mean_estimate"].as_f64().unwrap();
+    assert!((est - 25.0).abs() < 4.0, "{est}");
+    let gaussian = results[0]["noisy_psnr"].as_f64().unwrap();
+    // Signal-dependent noise of the same mid-grey level, then JPEG: other inputs, still
+    // cleaned; the JSON says what they were.
+    let (_, v) = eval(&[
+        "--noise",
+        "poisson-gaussian",
+        "--jpeg-quality-range",
+        "60,60",
+    ]);
+    assert_eq!(v["noise"], "poisson-gaussian");
+    assert_eq!(v["jpeg_quality_range"], serde_json::json!([60, 60]));
+    let r = &v["results"][0];
+    let noisy = r["noisy_psnr"].as_f64().unwrap();
+    assert!((noisy - gaussian).abs() > 0.05, "{noisy} {gaussian}");
+    assert!(r["psnr"].as_f64().unwrap() > noisy + 3.0, "{r}");
+    let err = fails(&["eval", "--data", p, "--jpeg-quality-range", "0,50"]);
+    assert!(
+        err.contains("--jpeg-quality-range") && err.contains("1 <= LOW"),
+        "{err}"
+    );
+    // A grid shows small images only: of large photos it is refused before the evaluation.
+    let big = tmp.path().join("big");
+    write_png(&big.join("p.png"), 0, 600, 480);
+    let grid = tmp.path().join("g.png");
+    let err = fails(&[
+        "eval",
+        "--data",
+        big.to_str().unwrap(),
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("g.png: the grid") && err.contains("256x256"),
+        "{err}"
+    );
+    assert!(!grid.exists());
+
+    // generate: the photo model for the 90x70 picture, the CIFAR-10 model for the 40x40 one.
+    for (name, model) in [
+        ("p2.png", "cond-unet-photos.safetensors"),
+        ("p1.png", "cond-unet-cifar10.safetensors"),
+    ] {
+        let out = tmp.path().join(format!("clean-{name}"));
+        let input = photos.join(name);
+        let text = ok(&[
+            "generate",
+            "--image",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(
+            text.contains(&format!("estimated, model {model})")),
+            "{text}"
+        );
+    }
+
+    // train: the noise flags go into the recipe.
+    let out = tmp.path().join("run");
+    let text = ok(&[
+        "train",
+        "--print-config",
+        "--out",
+        out.to_str().unwrap(),
+        "--noise",
+        "poisson-gaussian",
+        "--jpeg-quality-range",
+        "30,90",
+    ]);
+    assert!(
+        text.contains("noise = \"poisson-gaussian\"")
+            && text.contains("jpeg_quality_range = [\n    30,\n    90,\n]"),
+        "{text}"
+    );
+    let err = fails(&["train", "--print-config", "--jpeg-quality-range", "90,30"]);
+    assert!(err.contains("JPEG quality range 90,30"), "{err}");
+}

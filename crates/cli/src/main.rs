@@ -13,12 +13,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use denoise_data::noise::NoiseKind;
 use denoise_data::{download, LoadOptions, Splits};
 use denoise_model::Model;
 use denoise_trainer::{eval, TrainConfig, TrainOptions};
 
 mod images;
 mod info;
+mod models;
 
 #[derive(Parser)]
 #[command(
@@ -301,6 +303,75 @@ struct TrainArgs {
     /// in models/) with a fresh optimizer: fine-tuning. The network is the checkpoint's.
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
+    #[command(flatten)]
+    corruption: NoiseArgs,
+}
+
+/// How clean images are made noisy, in training and in evaluation.
+#[derive(Args)]
+struct NoiseArgs {
+    /// The noise: gaussian (the same sigma everywhere, the default), or poisson-gaussian
+    /// (signal-dependent, as a camera's: variance sigma^2 ((1 - r) + 2 r x) at a pixel of value
+    /// x in [0, 1], the shot-noise share r drawn in [0, 1] for each image, so sigma is the level
+    /// at mid grey).
+    #[arg(long, value_enum)]
+    noise: Option<NoiseArg>,
+    /// JPEG-compress each noisy image (clipped to 8 bits) at a quality drawn from LOW,HIGH
+    /// (1-100; the same number twice for one quality).
+    #[arg(long, value_name = "LOW,HIGH", value_parser = quality_range)]
+    jpeg_quality_range: Option<[u8; 2]>,
+}
+
+/// `LOW,HIGH`: two JPEG qualities.
+fn quality_range(text: &str) -> std::result::Result<[u8; 2], String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    match parts.as_slice() {
+        [lo, hi] => match (lo.trim().parse::<u8>(), hi.trim().parse::<u8>()) {
+            (Ok(lo), Ok(hi)) => Ok([lo, hi]),
+            _ => Err(format!(
+                "`{text}`: expected two qualities from 1 to 100, such as 30,95"
+            )),
+        },
+        _ => Err(format!(
+            "`{text}`: expected LOW,HIGH, such as 30,95 (or 75,75 for one quality)"
+        )),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NoiseArg {
+    Gaussian,
+    PoissonGaussian,
+}
+
+impl NoiseArgs {
+    /// The corruption these flags give (Gaussian noise, no JPEG, by default).
+    fn corruption(&self) -> Result<denoise_data::noise::Corruption> {
+        let (mut noise, mut jpeg) = ("gaussian".to_string(), None);
+        self.apply(&mut noise, &mut jpeg);
+        let c = denoise_data::noise::Corruption {
+            kind: NoiseKind::parse(&noise).expect("a name NoiseKind gave"),
+            jpeg: jpeg.map(|[lo, hi]| (lo, hi)),
+        };
+        c.check()
+            .map_err(|e| anyhow::anyhow!("--jpeg-quality-range: {e}"))?;
+        Ok(c)
+    }
+
+    /// Sets the noise and the JPEG range these flags give in `noise` and `jpeg`.
+    fn apply(&self, noise: &mut String, jpeg: &mut Option<[u8; 2]>) {
+        if let Some(n) = self.noise {
+            *noise = match n {
+                NoiseArg::Gaussian => NoiseKind::Gaussian,
+                NoiseArg::PoissonGaussian => NoiseKind::PoissonGaussian,
+            }
+            .name()
+            .into();
+        }
+        if let Some(r) = self.jpeg_quality_range {
+            *jpeg = Some(r);
+        }
+    }
 }
 
 #[derive(Args)]
@@ -331,6 +402,8 @@ struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    corruption: NoiseArgs,
     /// Write a PNG grid of noisy / denoised / clean images.
     #[arg(long)]
     grid: Option<PathBuf>,
@@ -396,43 +469,6 @@ struct GenerateArgs {
     dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-}
-
-/// The model shipped in the repository's `models/` folder.
-const SHIPPED_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../models/cond-unet-cifar10.safetensors"
-);
-
-/// `--model` (a training folder standing for its best.safetensors, or last.safetensors where
-/// there is no best), or where it is left out, $DENOISE_MODEL or the shipped model.
-fn model_path(path: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = path {
-        return info::checkpoint_in(
-            p,
-            [denoise_trainer::train::BEST, denoise_trainer::train::LAST],
-        );
-    }
-    let p = std::env::var_os("DENOISE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SHIPPED_MODEL));
-    if !p.exists() {
-        bail!(
-            "no --model given and the default model {} is missing (set DENOISE_MODEL or pass --model)",
-            p.display()
-        );
-    }
-    // Without the `crates/cli/../..` of the built-in path.
-    Ok(p.canonicalize().unwrap_or(p))
-}
-
-/// Loads a checkpoint (the default of [`model_path`] when `path` is `None`) with its network in
-/// `dtype`.
-fn load_model(path: Option<&Path>, device: &Device, dtype: DtypeArg) -> Result<Model> {
-    let path = model_path(path)?;
-    let model = Model::load(&path, device)
-        .with_context(|| format!("loading the model {}", path.display()))?;
-    Ok(model.to_dtype(dtype.dtype())?)
 }
 
 fn pick_device(d: DeviceArg) -> Result<Device> {
@@ -517,17 +553,40 @@ fn load_data(args: &DataArgs, multiple: usize, progress: bool) -> Result<Splits>
         .with_context(|| format!("reading the dataset in {}", path.display()))
 }
 
+/// The test images, in groups of one size each: images of different sizes are each evaluated
+/// whole (unless --crop or --patch make them one size).
 fn load_test_data(
     args: &DataArgs,
     multiple: usize,
     progress: bool,
-) -> Result<denoise_data::ImageSet> {
+) -> Result<Vec<denoise_data::ImageSet>> {
     let path = data_path(args, progress)?;
     let context = || format!("reading the test images in {}", path.display());
-    let set =
-        denoise_data::load_test(&path, &data_options(args, multiple)).with_context(context)?;
-    eval::check_size(&set).with_context(context)?;
-    Ok(set)
+    let groups = denoise_data::load_test_groups(&path, &data_options(args, multiple))
+        .with_context(context)?;
+    for g in &groups {
+        eval::check_size(g).with_context(context)?;
+    }
+    Ok(groups)
+}
+
+/// About `n` of the images of `groups` as [`denoise_data::ImageSet::first_balanced`] picks them:
+/// of one group, the first `n / classes` of each class; of images of several sizes, the first `n`.
+fn first_balanced(groups: Vec<denoise_data::ImageSet>, n: usize) -> Vec<denoise_data::ImageSet> {
+    if groups.len() == 1 {
+        return vec![groups[0].first_balanced(n)];
+    }
+    let mut left = n;
+    let mut out = Vec::new();
+    for g in groups {
+        if left == 0 {
+            break;
+        }
+        let take = g.n.min(left);
+        left -= take;
+        out.push(g.select(&(0..take).collect::<Vec<_>>()));
+    }
+    out
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
@@ -594,6 +653,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         }
         c.init_from = Some(p.display().to_string());
     }
+    a.corruption.apply(&mut c.noise, &mut c.jpeg_quality_range);
     c.validate()?;
     Ok(c)
 }
@@ -691,16 +751,6 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
-    let model_file = model_path(a.model.as_deref())?;
-    if let Some(path) = &a.json {
-        if is_same_file(path, &model_file) {
-            bail!(
-                "--json {} is the --model itself: the results would replace the checkpoint",
-                path.display()
-            );
-        }
-        prepare_output("--json", path)?;
-    }
     for (flag, path) in [("--grid", &a.grid), ("--plot", &a.plot)] {
         if let Some(path) = path {
             require_png(flag, path)?;
@@ -713,41 +763,66 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = load_model(Some(&model_file), &device, a.dtype)?;
-    let all = load_test_data(&a.data, model.size_multiple(), is_tty())?;
-    let test = match a.limit {
-        Some(0) => bail!("--limit must be at least 1"),
-        Some(n) => all.first_balanced(n),
-        None => all,
-    };
-    let mut results = eval::evaluate(
-        &model,
-        &test,
-        &a.sigmas,
-        false,
-        a.seed,
-        a.batch,
-        &device,
-        is_tty(),
-    )?;
-    if a.estimate_sigma {
-        results.extend(eval::evaluate(
-            &model,
-            &test,
-            &a.sigmas,
-            true,
-            a.seed,
-            a.batch,
-            &device,
-            is_tty(),
-        )?);
+    let corruption = a.corruption.corruption()?;
+    // The data is read for the network's size multiple, the same for both shipped models;
+    // then the images' size picks the default model.
+    let models = models::Models::new(a.model.as_deref(), &device, a.dtype.dtype());
+    let (_, first) = models.for_size(1, 1)?;
+    let groups = load_test_data(&a.data, first.size_multiple(), is_tty())?;
+    let largest = groups
+        .iter()
+        .max_by_key(|g| g.h * g.w)
+        .expect("at least one group");
+    let (model_file, model) = models.for_size(largest.h, largest.w)?;
+    if let Some(path) = &a.json {
+        if is_same_file(path, model_file) {
+            bail!(
+                "--json {} is the --model itself: the results would replace the checkpoint",
+                path.display()
+            );
+        }
+        prepare_output("--json", path)?;
     }
+    let groups = match a.limit {
+        Some(0) => bail!("--limit must be at least 1"),
+        Some(n) => first_balanced(groups, n),
+        None => groups,
+    };
+    let images: usize = groups.iter().map(|g| g.n).sum();
+    let grid_set = groups.iter().find(|g| g.h * g.w <= 256 * 256);
+    if let (Some(path), None) = (&a.grid, grid_set) {
+        bail!(
+            "--grid {}: the grid shows test images of at most 256x256 pixels, and these are \
+             larger (--patch N cuts them into such patches)",
+            path.display()
+        );
+    }
+    let mut opts = eval::EvalOptions {
+        estimate: false,
+        seed: a.seed,
+        batch: a.batch,
+        corruption,
+        tiles: denoise_model::tiles::TileConfig::default(),
+        progress: is_tty(),
+    };
+    let mut results = eval::evaluate(model, &groups, &a.sigmas, &opts, &device)?;
+    if a.estimate_sigma {
+        opts.estimate = true;
+        results.extend(eval::evaluate(model, &groups, &a.sigmas, &opts, &device)?);
+    }
+    let sizes = match groups.as_slice() {
+        [one] => format!("{}x{}", one.w, one.h),
+        _ => "of several sizes, each whole".into(),
+    };
     println!(
-        "model {} ({}, {}), {} test images, noise seed {}",
+        "model {} ({}, {}), {images} test images {sizes}, {} noise{}, noise seed {}",
         model_file.display(),
         model.config().arch(),
         model.dtype().as_str(),
-        test.n,
+        corruption.kind.name(),
+        corruption.jpeg.map_or(String::new(), |(lo, hi)| format!(
+            " then JPEG quality {lo}-{hi}"
+        )),
         a.seed
     );
     print!("{}", eval::table(&results));
@@ -756,14 +831,17 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             "model": model_file.display().to_string(),
             "arch": model.config().arch(),
             "dtype": model.dtype().as_str(),
-            "images": test.n,
+            "images": images,
+            "noise": corruption.kind.name(),
+            "jpeg_quality_range": corruption.jpeg.map(|(lo, hi)| [lo, hi]),
             "seed": a.seed,
             "results": results,
         });
         write_json(path, &json)?;
     }
     if let Some(path) = &a.grid {
-        eval::write_grid(&model, &test, &a.sigmas, a.seed, 8, &device, path)
+        let test = grid_set.expect("checked before the evaluation");
+        eval::write_grid(model, test, &a.sigmas, &opts, 8, &device, path)
             .with_context(|| format!("--grid {}", path.display()))?;
         println!("grid: {}", path.display());
     }
@@ -803,16 +881,16 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let model = load_model(a.model.as_deref(), &device, a.dtype)?;
+    let models = models::Models::new(a.model.as_deref(), &device, a.dtype.dtype());
     // Pictures come in all sizes, each convolution shape seen a few times at most: cuDNN's
     // heuristics pick its algorithms rather than timing every one first.
     denoise_model::cudnn_conv::set_benchmark(false);
     if input.is_dir() {
-        return denoise_folder(&a, input, &model);
+        return denoise_folder(&a, input, &models);
     }
     let format = images::format_of(&a.out)?;
     let bar = progress_bar(is_tty(), "tiles");
-    let msg = denoise_file(&a, input, &a.out, format, &model, &bar)?;
+    let msg = denoise_file(&a, input, &a.out, format, &models, &bar)?;
     bar.finish_and_clear();
     println!("{msg}");
     Ok(())
@@ -848,12 +926,13 @@ fn denoise_file(
     input: &Path,
     out: &Path,
     format: image::ImageFormat,
-    model: &Model,
+    models: &models::Models,
     bar: &indicatif::ProgressBar,
 ) -> Result<String> {
     let pic = images::read(input)?;
     // Fail on an impossible output before the (long) denoising.
     images::check_writable(&pic, format).with_context(|| format!("--out {}", out.display()))?;
+    let (model_file, model) = models.for_size(pic.h, pic.w)?;
     let (sigma, how) = match a.sigma {
         Some(s) => (s / 255.0, "given"),
         None => {
@@ -909,10 +988,11 @@ fn denoise_file(
         String::new()
     };
     Ok(format!(
-        "denoised {} ({}, noise sigma {:.2} {how}{told}) -> {}",
+        "denoised {} ({}, noise sigma {:.2} {how}{told}, model {}) -> {}",
         input.display(),
         pic.describe(),
         sigma * 255.0,
+        models::name_of(model_file),
         out.display()
     ))
 }
@@ -1002,7 +1082,7 @@ fn some_failed(failed: &[String], total: usize) -> Result<()> {
     Ok(())
 }
 
-fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
+fn denoise_folder(a: &GenerateArgs, dir: &Path, models: &models::Models) -> Result<()> {
     let files = images_of(dir)?;
     if a.out.exists() && !a.out.is_dir() {
         bail!(
@@ -1019,7 +1099,7 @@ fn denoise_folder(a: &GenerateArgs, dir: &Path, model: &Model) -> Result<()> {
         bar.set_message(format!("{}", f.display()));
         let out = a.out.join(f.file_name().expect("listed files have names"));
         let result = images::format_of(&out)
-            .and_then(|format| denoise_file(a, f, &out, format, model, &tiles));
+            .and_then(|format| denoise_file(a, f, &out, format, models, &tiles));
         match result {
             Ok(msg) => bar.suspend(|| println!("{msg}")),
             Err(e) => {
@@ -1058,7 +1138,8 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
     if a.count == 0 || a.steps == 0 {
         bail!("--count and --steps must be at least 1");
     }
-    let model = load_model(a.model.as_deref(), device, a.dtype)?;
+    let path = models::model_path(a.model.as_deref(), models::CIFAR_MODEL)?;
+    let model = models::load(&path, device, a.dtype.dtype())?;
     if !model.is_conditioned() {
         bail!(
             "{} is a blind denoiser and cannot sample new images: use a cond-unet model",
@@ -1139,7 +1220,7 @@ fn generate_random(a: &GenerateArgs, device: &Device) -> Result<()> {
 }
 
 fn cmd_export(mut a: ExportArgs) -> Result<()> {
-    a.model = model_path(Some(&a.model))?;
+    a.model = models::model_path(Some(&a.model), models::CIFAR_MODEL)?;
     if is_same_file(&a.model, &a.out) {
         bail!(
             "--out {} is the --model itself: the model-only file would replace the training \

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use rand::Rng;
 
 use crate::crops::CropPool;
-use crate::noise::{normal, rng_for, DataRng};
+use crate::noise::{normal, rng_for, Corruption, DataRng};
 use crate::ImageSet;
 
 /// Where the training images of each epoch come from.
@@ -70,6 +70,8 @@ pub struct BatchConfig {
     pub p_std: f32,
     /// Random horizontal flips.
     pub flip: bool,
+    /// How the noisy copies are made (Gaussian noise, no compression by default).
+    pub corruption: Corruption,
     /// The run's seed: with the epoch and batch index it fixes every random choice.
     pub seed: u64,
 }
@@ -95,6 +97,7 @@ impl Default for BatchConfig {
             p_mean: -1.2,
             p_std: 1.2,
             flip: true,
+            corruption: Corruption::default(),
             seed: 0,
         }
     }
@@ -148,16 +151,15 @@ pub fn make_batch(
         let mirror = flip && rng.random::<bool>();
         let sigma = cfg.draw_sigma(rng);
         sigmas.push(sigma);
+        let start = clean.len();
         for ch in 0..c {
             for y in 0..h {
                 let row = &img[ch * h * w + y * w..ch * h * w + (y + 1) * w];
-                for x in 0..w {
-                    let v = row[if mirror { w - 1 - x } else { x }] as f32 / 255.0;
-                    clean.push(v);
-                    noisy.push(v + sigma * normal(rng));
-                }
+                clean
+                    .extend((0..w).map(|x| row[if mirror { w - 1 - x } else { x }] as f32 / 255.0));
             }
         }
+        noisy.extend(cfg.corruption.apply(&clean[start..], (c, h, w), sigma, rng));
     }
     Batch {
         clean,

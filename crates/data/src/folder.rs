@@ -325,6 +325,41 @@ pub fn load_test(dir: &Path, opts: &LoadOptions) -> Result<ImageSet> {
     read_as(&labeled(&test_classes), size, opts, names)
 }
 
+/// Loads the test images of a folder each at its own size: one [`ImageSet`] for every run of
+/// consecutive images (in file order) that share a size. For photos of many sizes, evaluated
+/// whole.
+pub fn load_test_any_size(dir: &Path) -> Result<Vec<ImageSet>> {
+    let test_dir = split_dirs(dir).test;
+    let test_classes = classes(&test_dir)?;
+    let names: Vec<String> = test_classes.iter().map(|c| c.0.clone()).collect();
+    let (images, labels) = read_parallel(&labeled(&test_classes), |path| {
+        Ok((read_rgb(path, None, false)?, 1))
+    })?;
+    let mut groups: Vec<ImageSet> = Vec::new();
+    for ((pixels, h, w), label) in images.into_iter().zip(labels) {
+        match groups.last_mut() {
+            Some(g) if (g.h, g.w) == (h, w) => {
+                g.pixels.extend_from_slice(&pixels);
+                g.labels.push(label);
+                g.n += 1;
+            }
+            _ => groups.push(ImageSet {
+                pixels,
+                labels: vec![label],
+                n: 1,
+                c: 3,
+                h,
+                w,
+                classes: names.clone(),
+            }),
+        }
+    }
+    if groups.is_empty() {
+        return Err(DataError::Empty { path: test_dir });
+    }
+    Ok(groups)
+}
+
 /// Loads an image folder. With `train/` and `test/` subfolders those are the splits (and
 /// `val/`, where there is one, the validation images); otherwise the whole folder is both the
 /// pool for training and the test set.

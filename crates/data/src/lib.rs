@@ -421,6 +421,18 @@ pub fn load_test(path: &Path, opts: &LoadOptions) -> Result<ImageSet> {
     }
 }
 
+/// The test images of the dataset in `path`, each image at its own size: groups of images of
+/// one size, in order (see [`folder::load_test_any_size`]). The CIFAR-10 binary release, or a
+/// folder read with `opts.crop` or `opts.patch`, gives one group, as [`load_test`] does.
+pub fn load_test_groups(path: &Path, opts: &LoadOptions) -> Result<Vec<ImageSet>> {
+    match detect(path) {
+        Some(Source::Folder(dir)) if !opts.crop && opts.patch.is_none() && opts.size.is_none() => {
+            folder::load_test_any_size(&dir)
+        }
+        _ => Ok(vec![load_test(path, opts)?]),
+    }
+}
+
 /// The default data folder: `<cache dir>/denoise/cifar10` (`~/.cache/denoise/cifar10` on Linux).
 pub fn default_data_dir() -> PathBuf {
     dirs::cache_dir()

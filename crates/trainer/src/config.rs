@@ -93,6 +93,12 @@ pub struct TrainConfig {
     /// model) instead of random ones: its network, with a fresh optimizer and schedule. Settings
     /// that would change the network's shape must be left out or match it.
     pub init_from: Option<String>,
+    /// The training noise: `gaussian` (the default) or `poisson-gaussian` (signal-dependent,
+    /// see [`denoise_data::noise::NoiseKind`]); `sigma` is then its level at mid grey.
+    pub noise: String,
+    /// JPEG-compress each noisy training image at a quality drawn from `[low, high]` (after
+    /// clipping to 8 bits); none: no compression.
+    pub jpeg_quality_range: Option<[u8; 2]>,
 }
 
 impl Default for TrainConfig {
@@ -132,6 +138,8 @@ impl Default for TrainConfig {
             log_every: 10,
             dtype: "f32".into(),
             init_from: None,
+            noise: "gaussian".into(),
+            jpeg_quality_range: None,
         }
     }
 }
@@ -165,6 +173,14 @@ impl TrainConfig {
     /// to the architecture's defaults are absent.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a TrainConfig serialises to TOML")
+    }
+
+    /// How the training images are made noisy.
+    pub fn corruption(&self) -> Option<denoise_data::noise::Corruption> {
+        Some(denoise_data::noise::Corruption {
+            kind: denoise_data::noise::NoiseKind::parse(&self.noise)?,
+            jpeg: self.jpeg_quality_range.map(|[lo, hi]| (lo, hi)),
+        })
     }
 
     /// The network this configuration trains.
@@ -249,6 +265,15 @@ impl TrainConfig {
                 self.arch,
                 denoise_model::ModelConfig::ARCHES.join(", ")
             ));
+        }
+        match self.corruption() {
+            None => {
+                return bad(format!(
+                    "noise `{}`: expected gaussian or poisson-gaussian",
+                    self.noise
+                ))
+            }
+            Some(c) => c.check().map_err(TrainError::Config)?,
         }
         if self.width == Some(0) {
             return bad("width must be at least 1".into());

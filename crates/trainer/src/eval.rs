@@ -5,9 +5,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use denoise_data::estimate::estimate_sigma;
-use denoise_data::noise::{add_gaussian, rng_for};
+use denoise_data::noise::{rng_for, Corruption};
 use denoise_data::ImageSet;
 use denoise_loss::{psnr, Ssim};
+use denoise_model::tiles::{self, TileConfig};
 use denoise_model::Model;
 use serde::{Deserialize, Serialize};
 
@@ -34,11 +35,35 @@ pub struct EvalResult {
     pub mean_estimate: Option<f64>,
 }
 
-/// The noisy version of image `i` at `sigma` (0..255 units): noise from `(seed, sigma, i)`,
-/// so it does not depend on the batch size; not clipped.
-pub fn noisy_image(set: &ImageSet, i: usize, sigma: f64, seed: u64) -> Vec<f32> {
-    let mut rng = rng_for(&[seed, 0x4556_414c, sigma.to_bits(), i as u64]);
-    add_gaussian(&set.image_f32(i), (sigma / 255.0) as f32, &mut rng)
+/// The noisy version of image `i` at `sigma` (0..255 units), made as `corruption` says:
+/// randomness from `(seed, sigma, i)`, so it does not depend on the batch size; Gaussian noise
+/// is not clipped.
+pub fn noisy_image(
+    set: &ImageSet,
+    i: usize,
+    sigma: f64,
+    seed: u64,
+    corruption: &Corruption,
+) -> Vec<f32> {
+    noisy_at(set, i, i, sigma, seed, corruption)
+}
+
+/// [`noisy_image`] of image `i` of `set`, which is image `index` of the whole evaluation.
+fn noisy_at(
+    set: &ImageSet,
+    i: usize,
+    index: usize,
+    sigma: f64,
+    seed: u64,
+    corruption: &Corruption,
+) -> Vec<f32> {
+    let mut rng = rng_for(&[seed, 0x4556_414c, sigma.to_bits(), index as u64]);
+    corruption.apply(
+        &set.image_f32(i),
+        (set.c, set.h, set.w),
+        (sigma / 255.0) as f32,
+        &mut rng,
+    )
 }
 
 /// Denoises a batch `(n, c, h, w)` of any size at noise levels `sigmas` (pixel `[0, 1]`
@@ -65,27 +90,83 @@ pub fn check_size(set: &ImageSet) -> Result<()> {
     Ok(())
 }
 
-/// Scores `model` on every image of `set` at each noise level in `sigmas`, giving it the true
-/// noise level, or, with `estimate`, the level [`estimate_sigma`] finds in each noisy image.
-#[allow(clippy::too_many_arguments)]
+/// How [`evaluate`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Give the model each image's noise level as [`estimate_sigma`] finds it in the noisy
+    /// image, instead of the true one.
+    pub estimate: bool,
+    /// Seed of the noise.
+    pub seed: u64,
+    /// Images of one size per pass through the network (for images that run whole).
+    pub batch: usize,
+    /// How the clean images are made noisy.
+    pub corruption: Corruption,
+    /// Images larger than `tiles.whole_limit` pixels are denoised one at a time through the
+    /// tiled path of [`denoise_model::tiles::denoise_image`], as `generate` does.
+    pub tiles: TileConfig,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// The scores of the images seen so far at one noise level.
+#[derive(Default)]
+struct Scores {
+    noisy_psnr: Vec<f32>,
+    noisy_ssim: Vec<f32>,
+    psnr: Vec<f32>,
+    ssim: Vec<f32>,
+    estimates: Vec<f64>,
+}
+
+impl Scores {
+    fn add(&mut self, ssim: &Ssim, noisy: &Tensor, den: &Tensor, clean: &Tensor) -> Result<()> {
+        self.noisy_psnr
+            .extend(psnr(noisy, clean, 1.0)?.to_vec1::<f32>()?);
+        self.noisy_ssim
+            .extend(ssim.per_image(noisy, clean)?.to_vec1::<f32>()?);
+        self.psnr.extend(psnr(den, clean, 1.0)?.to_vec1::<f32>()?);
+        self.ssim
+            .extend(ssim.per_image(den, clean)?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    fn result(&self, sigma: f64, estimate: bool) -> EvalResult {
+        let e = &self.estimates;
+        EvalResult {
+            sigma,
+            images: self.psnr.len(),
+            noisy_psnr: mean(&self.noisy_psnr),
+            noisy_ssim: mean(&self.noisy_ssim),
+            psnr: mean(&self.psnr),
+            ssim: mean(&self.ssim),
+            mean_estimate: estimate.then(|| e.iter().sum::<f64>() / e.len().max(1) as f64),
+        }
+    }
+}
+
+/// Scores `model` on every image of `groups` (sets of images of one size each; image `k` of
+/// the whole evaluation gets the noise of index `k`) at each noise level in `sigmas` (0..255
+/// units), giving it the true noise level, or, with `opts.estimate`, the level
+/// [`estimate_sigma`] finds in each noisy image. Small images go through the network in
+/// batches; large ones whole, one at a time, tiled.
 pub fn evaluate(
     model: &Model,
-    set: &ImageSet,
+    groups: &[ImageSet],
     sigmas: &[f64],
-    estimate: bool,
-    seed: u64,
-    batch: usize,
+    opts: &EvalOptions,
     device: &Device,
-    progress: bool,
 ) -> Result<Vec<EvalResult>> {
-    if set.n == 0 {
+    let total: usize = groups.iter().map(|g| g.n).sum();
+    if total == 0 {
         return Err(TrainError::Config("no images to evaluate".into()));
     }
-    check_size(set)?;
+    for g in groups {
+        check_size(g)?;
+    }
     let ssim = Ssim::default();
-    let shape = |n| (n, set.c, set.h, set.w);
-    let bar = if progress {
-        indicatif::ProgressBar::new((set.n * sigmas.len()) as u64)
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new((total * sigmas.len()) as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -95,48 +176,56 @@ pub fn evaluate(
         )
         .expect("valid template"),
     );
+    let batch = if opts.batch == 0 { 1 } else { opts.batch };
     let mut out = Vec::new();
     for &sigma in sigmas {
-        let (mut np, mut ns, mut dp, mut ds) = (vec![], vec![], vec![], vec![]);
-        let mut estimates = Vec::new();
-        for start in (0..set.n).step_by(batch.max(1)) {
-            let idx: Vec<usize> = (start..(start + batch.max(1)).min(set.n)).collect();
-            let clean: Vec<f32> = idx.iter().flat_map(|&i| set.image_f32(i)).collect();
-            let noisy: Vec<f32> = idx
-                .iter()
-                .flat_map(|&i| noisy_image(set, i, sigma, seed))
-                .collect();
-            let levels: Vec<f64> = if estimate {
-                noisy
-                    .chunks(set.c * set.h * set.w)
-                    .map(|img| estimate_sigma(img, (set.c, set.h, set.w)))
-                    .collect()
-            } else {
-                vec![sigma / 255.0]
-            };
-            if estimate {
-                estimates.extend(levels.iter().map(|s| s * 255.0));
+        let mut scores = Scores::default();
+        let mut first = 0; // index of the group's first image in the whole evaluation
+        for set in groups {
+            let (c, h, w) = (set.c, set.h, set.w);
+            let whole = h * w <= opts.tiles.whole_limit;
+            let step = if whole { batch } else { 1 };
+            for start in (0..set.n).step_by(step) {
+                let idx: Vec<usize> = (start..(start + step).min(set.n)).collect();
+                let clean: Vec<f32> = idx.iter().flat_map(|&i| set.image_f32(i)).collect();
+                let noisy: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|&i| noisy_at(set, i, first + i, sigma, opts.seed, &opts.corruption))
+                    .collect();
+                let levels: Vec<f64> = if opts.estimate {
+                    noisy
+                        .chunks(c * h * w)
+                        .map(|img| estimate_sigma(img, (c, h, w)))
+                        .collect()
+                } else {
+                    vec![sigma / 255.0]
+                };
+                if opts.estimate {
+                    scores.estimates.extend(levels.iter().map(|s| s * 255.0));
+                }
+                let shape = (idx.len(), c, h, w);
+                let den = if whole {
+                    let noisy = Tensor::from_slice(&noisy, shape, device)?;
+                    denoise_batch(model, &noisy, &levels)?.to_device(&Device::Cpu)?
+                } else {
+                    let den = tiles::denoise_image(
+                        model,
+                        &noisy,
+                        (c, h, w),
+                        levels[0],
+                        &opts.tiles,
+                        &mut |_, _| {},
+                    )?;
+                    Tensor::from_vec(den, shape, &Device::Cpu)?
+                };
+                let clean = Tensor::from_vec(clean, shape, &Device::Cpu)?;
+                let noisy = Tensor::from_vec(noisy, shape, &Device::Cpu)?;
+                scores.add(&ssim, &noisy, &den, &clean)?;
+                bar.inc(idx.len() as u64);
             }
-            let clean = Tensor::from_vec(clean, shape(idx.len()), &Device::Cpu)?;
-            let noisy = Tensor::from_vec(noisy, shape(idx.len()), &Device::Cpu)?;
-            let den = denoise_batch(model, &noisy.to_device(device)?, &levels)?
-                .to_device(&Device::Cpu)?;
-            np.extend(psnr(&noisy, &clean, 1.0)?.to_vec1::<f32>()?);
-            ns.extend(ssim.per_image(&noisy, &clean)?.to_vec1::<f32>()?);
-            dp.extend(psnr(&den, &clean, 1.0)?.to_vec1::<f32>()?);
-            ds.extend(ssim.per_image(&den, &clean)?.to_vec1::<f32>()?);
-            bar.inc(idx.len() as u64);
+            first += set.n;
         }
-        out.push(EvalResult {
-            sigma,
-            images: set.n,
-            noisy_psnr: mean(&np),
-            noisy_ssim: mean(&ns),
-            psnr: mean(&dp),
-            ssim: mean(&ds),
-            mean_estimate: estimate
-                .then(|| estimates.iter().sum::<f64>() / estimates.len().max(1) as f64),
-        });
+        out.push(scores.result(sigma, opts.estimate));
     }
     bar.finish_and_clear();
     Ok(out)
@@ -172,13 +261,13 @@ pub fn to_rgb(t: &Tensor) -> Result<image::RgbImage> {
     Ok(img)
 }
 
-/// Writes a grid: for each noise level three rows (noisy, denoised, clean) of the first
+/// Writes a grid: for each noise level (noise seeded and made as `opts` says) three rows (noisy, denoised, clean) of the first
 /// `columns` images, each pixel drawn as a `scale` x `scale` block.
 pub fn write_grid(
     model: &Model,
     set: &ImageSet,
     sigmas: &[f64],
-    seed: u64,
+    opts: &EvalOptions,
     columns: usize,
     device: &Device,
     path: &Path,
@@ -202,7 +291,7 @@ pub fn write_grid(
     for (si, &sigma) in sigmas.iter().enumerate() {
         let noisy = Tensor::from_vec(
             (0..k)
-                .flat_map(|i| noisy_image(set, i, sigma, seed))
+                .flat_map(|i| noisy_image(set, i, sigma, opts.seed, &opts.corruption))
                 .collect::<Vec<_>>(),
             (k, c, h, w),
             &Device::Cpu,

@@ -12,7 +12,7 @@
 //! ```
 //! use candle_core::Device;
 //! use denoise_data::{ImageSet, Splits};
-//! use denoise_trainer::{evaluate, train, TrainConfig, TrainOptions};
+//! use denoise_trainer::{evaluate, train, EvalOptions, TrainConfig, TrainOptions};
 //!
 //! // Tiny synthetic splits of 16x16 images (normally `denoise_data::load(path, ..)?`).
 //! let set = |n: usize| ImageSet {
@@ -40,7 +40,8 @@
 //!
 //! // PSNR / SSIM of the noisy and the denoised test images at sigma 25 (of 255).
 //! let model = denoise_model::Model::load(&out.path().join("best.safetensors"), &Device::Cpu)?;
-//! let results = evaluate(&model, &data.test, &[25.0], false, 0, 4, &Device::Cpu, false)?;
+//! let opts = EvalOptions { batch: 4, ..Default::default() };
+//! let results = evaluate(&model, &[data.test], &[25.0], &opts, &Device::Cpu)?;
 //! assert_eq!(results[0].images, 4);
 //! println!("{}", denoise_trainer::eval::table(&results));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -61,7 +62,7 @@ pub mod train;
 
 pub use adam::{Adam, AdamConfig};
 pub use config::{LossKind, TrainConfig};
-pub use eval::{evaluate, EvalResult};
+pub use eval::{evaluate, EvalOptions, EvalResult};
 pub use train::{check_out_dir, read_state, train, TrainOptions, TrainState, TrainSummary};
 
 /// What can go wrong while training or evaluating.

@@ -532,6 +532,7 @@ fn train_locked(
         p_mean: config.p_mean as f32,
         p_std: config.p_std as f32,
         flip: config.flip,
+        corruption: config.corruption().expect("validated"),
         seed: config.seed,
     };
     // Validation noise is always uniform in [sigma_min, sigma_max], so that its PSNR reads
