@@ -9,6 +9,10 @@ exactly the same inputs with --score. Then runs `bm3d.bm3d_rgb` (the `bm3d` PyPI
 default profile, sigma given) and prints PSNR / SSIM (scikit-image's, on 0-255 images) and
 seconds per megapixel, as a table and as JSON (--json).
 
+With --unclipped the noise is left as it is, not clipped or rounded (the standard protocol of
+published results, and that of `denoise eval`): BM3D gets the float image, nothing is written
+and --score is refused (an 8-bit file cannot hold such an image).
+
   python3 xtask/photos/bm3d_photos.py --data ../data/photos/test --sigmas 25,50 \
       --noisy ../data/photos-noisy --json bm3d.json
   python3 xtask/photos/bm3d_photos.py --data ../data/photos/test --sigmas 25,50 \
@@ -43,11 +47,17 @@ def main():
     ap.add_argument("--data", required=True, help="folder of clean photos (PNG, JPEG, ...)")
     ap.add_argument("--sigmas", default="25,50")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--noisy", required=True, help="folder for the noisy inputs")
+    ap.add_argument("--noisy", help="folder for the noisy inputs (needed unless --unclipped)")
+    ap.add_argument("--unclipped", action="store_true",
+                    help="leave the noisy values unclipped and unrounded, as `denoise eval` does")
     ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     ap.add_argument("--score", help="score this folder's sigma<S>/<name>.png instead of running BM3D")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    if args.unclipped and args.score:
+        fail("--score reads 8-bit files, whose noisy inputs are clipped: leave out --unclipped")
+    if not args.unclipped and not args.noisy:
+        fail("--noisy: expected a folder for the noisy inputs (or --unclipped)")
     if args.limit < 0:
         fail(f"--limit {args.limit}: expected 0 (all photos) or a positive count")
     try:
@@ -75,10 +85,12 @@ def main():
         mp = clean.shape[0] * clean.shape[1] / 1e6
         for s in sigmas:
             rng = np.random.default_rng([args.seed, i, int(round(s * 100))])
-            noisy = np.clip(np.round(clean + rng.normal(0.0, s, clean.shape)), 0, 255)
-            out = pathlib.Path(args.noisy) / f"sigma{s:g}" / f"{f.stem}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(noisy.astype(np.uint8)).save(out)
+            noisy = clean + rng.normal(0.0, s, clean.shape)
+            if not args.unclipped:
+                noisy = np.clip(np.round(noisy), 0, 255)
+                out = pathlib.Path(args.noisy) / f"sigma{s:g}" / f"{f.stem}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(noisy.astype(np.uint8)).save(out)
             if args.score:
                 path = pathlib.Path(args.score) / f"sigma{s:g}" / f"{f.stem}.png"
                 if not path.is_file():
@@ -111,6 +123,7 @@ def main():
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
             {"tool": args.score or "bm3d (bm3d_rgb, known sigma)", "seed": args.seed,
+             "noisy": "unclipped" if args.unclipped else "clipped and rounded to 8 bits",
              "rows": rows}, indent=1))
 
 

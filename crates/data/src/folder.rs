@@ -190,6 +190,20 @@ pub fn read_set(
     })
 }
 
+/// An image of any size of at least `p x p`, as [`read_rgb`] reads it.
+fn read_at_least(path: &Path, p: usize) -> Result<(Vec<u8>, usize, usize)> {
+    let (img, h, w) = read_rgb(path, None, false)?;
+    if h < p || w < p {
+        return Err(DataError::SmallerThanPatch {
+            path: path.to_path_buf(),
+            found_w: w as u32,
+            found_h: h as u32,
+            patch: p,
+        });
+    }
+    Ok((img, h, w))
+}
+
 /// Reads `files` (with their labels), each cut into `p x p` patches ([`grid_patches`]), on
 /// all cores. The images may have any sizes of at least `p x p`.
 pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<ImageSet> {
@@ -199,15 +213,7 @@ pub fn read_patches(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) ->
         ));
     }
     let (pixels, labels) = read_parallel(files, |path| {
-        let (img, h, w) = read_rgb(path, None, false)?;
-        if h < p || w < p {
-            return Err(DataError::SmallerThanPatch {
-                path: path.to_path_buf(),
-                found_w: w as u32,
-                found_h: h as u32,
-                patch: p,
-            });
-        }
+        let (img, h, w) = read_at_least(path, p)?;
         Ok((grid_patches(&img, (3, h, w), p), (h / p) * (w / p)))
     })?;
     Ok(ImageSet {
@@ -266,15 +272,7 @@ fn split_dirs(dir: &Path) -> SplitDirs {
 /// Reads whole photos of any size of at least `p x p` into a [`CropPool`], on all cores.
 fn read_pool(files: &[(PathBuf, u16)], p: usize, classes: Vec<String>) -> Result<CropPool> {
     let (photos, labels) = read_parallel(files, |path| {
-        let (pixels, h, w) = read_rgb(path, None, false)?;
-        if h < p || w < p {
-            return Err(DataError::SmallerThanPatch {
-                path: path.to_path_buf(),
-                found_w: w as u32,
-                found_h: h as u32,
-                patch: p,
-            });
-        }
+        let (pixels, h, w) = read_at_least(path, p)?;
         Ok((Photo { pixels, h, w }, 1))
     })?;
     CropPool::new(photos, labels, classes, 3, p)

@@ -374,32 +374,15 @@ fn train_locked(
     let (model, ema, mut adam, mut state) = if opts.resume && last_path.exists() {
         let ckpt = Checkpoint::load(&last_path)?;
         let mut state = state_of(&ckpt)?;
-        let saved = ckpt.model_config()?;
-        if saved.arch() != config.arch {
-            return Err(TrainError::Resume {
-                path: ckpt.path.clone(),
-                reason: format!(
-                    "it holds a {} model, the configuration asks for {}",
-                    saved.arch(),
-                    config.arch
-                ),
-            });
-        }
         // The network continues as saved: flags that would change its shape are an error (they
         // were ignored before); a new dropout is taken.
-        let mut wanted = saved.clone();
-        config.apply_model_fields(&mut wanted);
-        let changed = shape_changes(&saved, &wanted);
-        if !changed.is_empty() {
-            return Err(TrainError::Resume {
-                path: ckpt.path.clone(),
-                reason: format!(
-                    "its network has {}: a resumed run keeps its network (leave these settings \
-                     out, or train a new one into another --out)",
-                    changed.join(", ")
-                ),
-            });
-        }
+        let wanted = network_of(
+            &ckpt,
+            config,
+            "",
+            "a resumed run keeps its network (leave these settings out, or train a new one into \
+             another --out)",
+        )?;
         check_training_memory(&wanted, device, config.ema_half_life().is_some())?;
         let model = Model::new(&wanted, device, 0)?;
         model.load_weights_from(&ckpt, "model")?;
@@ -912,18 +895,35 @@ fn available_memory() -> Option<u128> {
 
 /// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
 /// The checkpoint `--init-from` names and the network a run started from it trains: the
-/// checkpoint's, with the configuration's dropout; settings that would change its shape are
-/// an error.
+/// checkpoint's, with the configuration's dropout.
 fn init_checkpoint(config: &TrainConfig, path: &Path) -> Result<(Checkpoint, ModelConfig)> {
     let ckpt = Checkpoint::load(path)?;
+    let wanted = network_of(
+        &ckpt,
+        config,
+        "--init-from: ",
+        "a run started from it keeps its network (leave these settings out)",
+    )?;
+    Ok((ckpt, wanted))
+}
+
+/// The network of `ckpt` with the fields of `config` that do not change its shape (dropout);
+/// another architecture, or settings that would change the shape, are an error whose reason
+/// starts with `what` and ends with `keep`.
+fn network_of(
+    ckpt: &Checkpoint,
+    config: &TrainConfig,
+    what: &str,
+    keep: &str,
+) -> Result<ModelConfig> {
     let saved = ckpt.model_config()?;
     let bad = |reason: String| TrainError::Resume {
         path: ckpt.path.clone(),
-        reason,
+        reason: format!("{what}{reason}"),
     };
     if saved.arch() != config.arch {
         return Err(bad(format!(
-            "--init-from: it holds a {} model, the configuration asks for {}",
+            "it holds a {} model, the configuration asks for {}",
             saved.arch(),
             config.arch
         )));
@@ -933,12 +933,11 @@ fn init_checkpoint(config: &TrainConfig, path: &Path) -> Result<(Checkpoint, Mod
     let changed = shape_changes(&saved, &wanted);
     if !changed.is_empty() {
         return Err(bad(format!(
-            "--init-from: its network has {}: a run started from it keeps its network (leave \
-             these settings out)",
+            "its network has {}: {keep}",
             changed.join(", ")
         )));
     }
-    Ok((ckpt, wanted))
+    Ok(wanted)
 }
 
 fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
