@@ -1656,6 +1656,22 @@ fn estimate_reports_noise_levels() {
 /// flags into its recipe.
 #[test]
 fn photos_of_any_size_get_the_photo_model() {
+    // The shipped photo model: at most 40 MB, with its recipe, training time and eval table.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cond-unet-photos.safetensors");
+    let size = std::fs::metadata(&path)
+        .expect("models/cond-unet-photos.safetensors")
+        .len();
+    assert!(size <= 40_000_000, "{size} bytes");
+    let train = metadata(&path);
+    assert!(train["elapsed_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        train["config"]["init_from"],
+        "models/cond-unet-cifar10.safetensors"
+    );
+    let text = ok(&["info", path.to_str().unwrap()]);
+    assert!(text.contains("| 25 | true sigma |"), "{text}");
+
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     // 600x480 is more than generate's whole-image limit (512x512 pixels): it runs in tiles.

@@ -185,8 +185,9 @@ struct DataArgs {
     /// Cut every image (of any size, at least N x N) into N x N patches and use those: to
     /// train and evaluate on photos of different sizes. Training takes as many crops per epoch
     /// as a grid would give, at new random positions and orientations every epoch; validation
-    /// and test patches lie on a fixed grid.
-    #[arg(long, value_name = "N", conflicts_with = "crop", value_parser = clap::value_parser!(u32).range(1..))]
+    /// and test patches lie on a fixed grid. `--patch` alone: 64, what the shipped photo model
+    /// was trained on.
+    #[arg(long, value_name = "N", conflicts_with = "crop", num_args = 0..=1, default_missing_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
     patch: Option<u32>,
     /// With --patch: train on the fixed grid of patches too, the same ones every epoch.
     #[arg(long, requires = "patch")]
