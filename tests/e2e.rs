@@ -662,7 +662,7 @@ fn bad_inputs_are_clear_errors() {
         "2",
     ]);
     assert!(
-        text.contains("4 train, 4 validation, 8 test patches"),
+        text.contains("4 train (random crops, new each epoch), 4 validation, 8 test patches"),
         "{text}"
     );
     // Patches larger than an image, or of a size the network cannot take; bad flags.

@@ -750,6 +750,17 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--json` output that is the model file itself.
+fn refuse_same_json(json: &Path, model_file: &Path) -> Result<()> {
+    if is_same_file(json, model_file) {
+        bail!(
+            "--json {} is the --model itself: the results would replace the checkpoint",
+            json.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let device = pick_device(a.device)?;
     for (flag, path) in [("--grid", &a.grid), ("--plot", &a.plot)] {
@@ -765,6 +776,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let corruption = a.corruption.corruption()?;
+    if let (Some(path), Some(named)) = (&a.json, &a.model) {
+        // Before the data is read (or downloaded).
+        let named = models::model_path(Some(named), models::CIFAR_MODEL)?;
+        refuse_same_json(path, &named)?;
+    }
     // The data is read for the network's size multiple, the same for both shipped models;
     // then the images' size picks the default model.
     let models = models::Models::new(a.model.as_deref(), &device, a.dtype.dtype());
@@ -776,12 +792,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         .expect("at least one group");
     let (model_file, model) = models.for_size(largest.h, largest.w)?;
     if let Some(path) = &a.json {
-        if is_same_file(path, model_file) {
-            bail!(
-                "--json {} is the --model itself: the results would replace the checkpoint",
-                path.display()
-            );
-        }
+        refuse_same_json(path, model_file)?;
         prepare_output("--json", path)?;
     }
     let groups = match a.limit {
