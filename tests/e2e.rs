@@ -1261,16 +1261,23 @@ fn generate_denoises_any_image_and_samples_new_ones() {
     assert!(!tmp.path().join("s.png").exists());
 }
 
+/// The file `models/<name>`, which must be there and hold at most `max_bytes`.
+fn shipped_model(name: &str, max_bytes: u64) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name);
+    let size = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("models/{name}: {e}"))
+        .len();
+    assert!(size <= max_bytes, "models/{name}: {size} bytes");
+    path
+}
+
 /// The model in `models/` is small, says how it was made, and serves `generate` with no
 /// `--model`: it denoises a noisy picture well and samples new images.
 #[test]
 fn shipped_model_works_without_training() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cond-unet-cifar10.safetensors");
-    let size = std::fs::metadata(&path)
-        .expect("models/cond-unet-cifar10.safetensors")
-        .len();
-    assert!(size <= 10_000_000, "{size} bytes");
+    let path = shipped_model("cond-unet-cifar10.safetensors", 10_000_000);
     let bytes = std::fs::read(&path).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = header.metadata().clone().unwrap();
@@ -1657,12 +1664,7 @@ fn estimate_reports_noise_levels() {
 #[test]
 fn photos_of_any_size_get_the_photo_model() {
     // The shipped photo model: at most 40 MB, with its recipe, training time and eval table.
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cond-unet-photos.safetensors");
-    let size = std::fs::metadata(&path)
-        .expect("models/cond-unet-photos.safetensors")
-        .len();
-    assert!(size <= 40_000_000, "{size} bytes");
+    let path = shipped_model("cond-unet-photos.safetensors", 40_000_000);
     let train = metadata(&path);
     assert!(train["elapsed_secs"].as_f64().unwrap() > 0.0);
     assert_eq!(

@@ -346,28 +346,29 @@ enum NoiseArg {
 }
 
 impl NoiseArgs {
+    /// The noise kind the flag names, if given.
+    fn kind(&self) -> Option<NoiseKind> {
+        self.noise.map(|n| match n {
+            NoiseArg::Gaussian => NoiseKind::Gaussian,
+            NoiseArg::PoissonGaussian => NoiseKind::PoissonGaussian,
+        })
+    }
+
     /// The corruption these flags give (Gaussian noise, no JPEG, by default).
     fn corruption(&self) -> Result<denoise_data::noise::Corruption> {
-        let (mut noise, mut jpeg) = ("gaussian".to_string(), None);
-        self.apply(&mut noise, &mut jpeg);
         let c = denoise_data::noise::Corruption {
-            kind: NoiseKind::parse(&noise).expect("a name NoiseKind gave"),
-            jpeg: jpeg.map(|[lo, hi]| (lo, hi)),
+            kind: self.kind().unwrap_or_default(),
+            jpeg: self.jpeg_quality_range.map(|[lo, hi]| (lo, hi)),
         };
         c.check()
             .map_err(|e| anyhow::anyhow!("--jpeg-quality-range: {e}"))?;
         Ok(c)
     }
 
-    /// Sets the noise and the JPEG range these flags give in `noise` and `jpeg`.
+    /// Sets the noise and the JPEG range these flags give in a recipe's `noise` and `jpeg`.
     fn apply(&self, noise: &mut String, jpeg: &mut Option<[u8; 2]>) {
-        if let Some(n) = self.noise {
-            *noise = match n {
-                NoiseArg::Gaussian => NoiseKind::Gaussian,
-                NoiseArg::PoissonGaussian => NoiseKind::PoissonGaussian,
-            }
-            .name()
-            .into();
+        if let Some(kind) = self.kind() {
+            *noise = kind.name().into();
         }
         if let Some(r) = self.jpeg_quality_range {
             *jpeg = Some(r);

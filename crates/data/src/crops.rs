@@ -85,6 +85,30 @@ impl CropPool {
             .sum()
     }
 
+    /// The patches of a fixed grid over every photo ([`crate::grid_patches`]), in photo order:
+    /// what a read of the same files with `--patch` and no random crops gives.
+    pub fn grid_set(&self) -> ImageSet {
+        let (c, p) = (self.c, self.patch);
+        let mut pixels = Vec::with_capacity(self.crops_per_epoch() * c * p * p);
+        let mut labels = Vec::new();
+        for (i, photo) in self.photos.iter().enumerate() {
+            pixels.extend(crate::grid_patches(&photo.pixels, (c, photo.h, photo.w), p));
+            if !self.labels.is_empty() {
+                let count = (photo.h / p) * (photo.w / p);
+                labels.extend(std::iter::repeat_n(self.labels[i], count));
+            }
+        }
+        ImageSet {
+            pixels,
+            labels,
+            n: self.crops_per_epoch(),
+            c,
+            h: p,
+            w: p,
+            classes: self.classes.clone(),
+        }
+    }
+
     /// The crops of `epoch`: from each photo in turn its share of crops, each at a position
     /// and in an orientation (one of the eight of [`dihedral`]) drawn from
     /// `(seed, epoch, photo)`. The same arguments give the same set.
@@ -218,6 +242,20 @@ mod tests {
             });
             assert!(found, "crop {k} is no window of its photo");
         }
+    }
+
+    #[test]
+    fn the_grid_set_is_each_photos_grid_in_turn() {
+        let p = pool(3);
+        let g = p.grid_set();
+        assert_eq!((g.n, g.h, g.w), (11, 3, 3));
+        assert_eq!(g.labels, [vec![0; 3], vec![1; 8]].concat());
+        let want: Vec<u8> = p
+            .photos
+            .iter()
+            .flat_map(|ph| crate::grid_patches(&ph.pixels, (3, ph.h, ph.w), 3))
+            .collect();
+        assert_eq!(g.pixels, want);
     }
 
     #[test]

@@ -406,10 +406,13 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
             val_files.extend(files[split..].iter().map(|f| (f.clone(), i as u16)));
         }
     }
-    let train = read_as(&train_files, size, opts, names.clone())?;
-    let train_crops = match opts.patch {
-        Some(p) if opts.random_crops => Some(Arc::new(read_pool(&train_files, p, names.clone())?)),
-        _ => None,
+    // With random crops the photos are read once, whole, and their grid cut from memory.
+    let (train, train_crops) = match opts.patch {
+        Some(p) if opts.random_crops => {
+            let pool = read_pool(&train_files, p, names.clone())?;
+            (pool.grid_set(), Some(Arc::new(pool)))
+        }
+        _ => (read_as(&train_files, size, opts, names.clone())?, None),
     };
     let val = read_as(&val_files, size, opts, names.clone())?;
     let test = if test_dir == train_dir {

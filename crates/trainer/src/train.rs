@@ -893,7 +893,6 @@ fn available_memory() -> Option<u128> {
     Some(kib * 1024)
 }
 
-/// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
 /// The checkpoint `--init-from` names and the network a run started from it trains: the
 /// checkpoint's, with the configuration's dropout.
 fn init_checkpoint(config: &TrainConfig, path: &Path) -> Result<(Checkpoint, ModelConfig)> {
@@ -940,6 +939,7 @@ fn network_of(
     Ok(wanted)
 }
 
+/// The shape fields in which `wanted` differs from `saved`, as "width 8, not 16".
 fn shape_changes(saved: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |name: &str, a: String, b: String| {
