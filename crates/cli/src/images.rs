@@ -3,7 +3,7 @@
 //! channels and averaged back; alpha is kept untouched; the output has the input's size,
 //! channels and bit depth, and its EXIF data (orientation included) and ICC colour profile.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageEncoder, ImageFormat};
@@ -268,6 +268,24 @@ pub fn list_images(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         .filter(|p| p.is_file() && denoise_data::folder::is_image(p))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// The image files `--image` names: itself, or those in the folder it names.
+pub fn images_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        if !path.exists() {
+            bail!("--image {}: no such file or folder", path.display());
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let files = list_images(path)?;
+    if files.is_empty() {
+        bail!(
+            "--image {}: the folder has no image files (.png, .jpg, .tif, .webp, .bmp)",
+            path.display()
+        );
+    }
     Ok(files)
 }
 

@@ -2,11 +2,12 @@
 //! building the network.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::Args;
 use denoise_model::Checkpoint;
-use denoise_trainer::train::{BEST, LAST};
+use denoise_trainer::run_dir::{BEST, LAST};
 use denoise_trainer::{EvalResult, TrainState};
 use serde_json::{json, Value};
 
@@ -235,4 +236,19 @@ pub fn info(path: &Path, as_json: bool) -> Result<()> {
         println!("{}", text(&v));
     }
     Ok(())
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A checkpoint written by `train` (best.safetensors, last.safetensors) or `export`, or a
+    /// training folder (its last.safetensors).
+    pub checkpoint: PathBuf,
+    /// Print everything as JSON instead (the training state and eval table in full).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `denoise info`.
+pub fn run(a: InfoArgs) -> Result<()> {
+    info(&a.checkpoint, a.json)
 }

@@ -42,7 +42,10 @@ pub fn model_path(path: Option<&Path>, shipped: &str) -> Result<PathBuf> {
     if let Some(p) = path {
         return info::checkpoint_in(
             p,
-            [denoise_trainer::train::BEST, denoise_trainer::train::LAST],
+            [
+                denoise_trainer::run_dir::BEST,
+                denoise_trainer::run_dir::LAST,
+            ],
         );
     }
     let p = std::env::var_os("DENOISE_MODEL")

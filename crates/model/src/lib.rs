@@ -51,6 +51,7 @@ pub mod cpu_conv;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
 pub mod cudnn_conv;
+pub mod ensemble;
 pub mod layers;
 pub mod norm;
 pub mod operands;

@@ -10,7 +10,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::{Model, ModelError, Result};
+use crate::{ensemble, Model, ModelError, Result};
 
 /// How images are cut.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,9 @@ pub struct TileConfig {
     pub overlap: usize,
     /// Images with at most this many pixels run in one piece.
     pub whole_limit: usize,
+    /// Orientations of the geometric self-ensemble each piece is denoised in and averaged
+    /// over ([`crate::ensemble`]: 1, 2, 4 or 8; 1, the default, is a single pass).
+    pub ensemble: usize,
 }
 
 impl Default for TileConfig {
@@ -29,6 +32,7 @@ impl Default for TileConfig {
             tile: 256,
             overlap: 32,
             whole_limit: 512 * 512,
+            ensemble: 1,
         }
     }
 }
@@ -112,6 +116,7 @@ pub fn denoise_image(
             cfg.overlap
         )));
     }
+    ensemble::check(cfg.ensemble)?;
     let sigma = if is_gray(img, c) {
         sigma * GRAY_SIGMA_FACTOR
     } else {
@@ -119,7 +124,7 @@ pub fn denoise_image(
     };
     let device = model.device().clone();
     let run = |x: Tensor| -> Result<Vec<f32>> {
-        let y = model.denoise_any_size(&x.to_device(&device)?, &[sigma])?;
+        let y = ensemble::denoise(model, &x.to_device(&device)?, &[sigma], cfg.ensemble)?;
         Ok(y.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
     };
     if h * w <= cfg.whole_limit {

@@ -164,6 +164,7 @@ fn tiles_blend_back_into_the_whole_image() {
         tile: 24,
         overlap: 6,
         whole_limit: 0,
+        ..Default::default()
     };
     let mut calls = 0;
     let a = denoise_image(&model, &img, (3, h, w), 0.1, &whole, &mut |_, _| {}).unwrap();

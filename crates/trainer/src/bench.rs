@@ -176,7 +176,7 @@ pub fn bench(
     dtype: DType,
 ) -> Result<BenchResult> {
     let (steps, repeats) = (steps.max(1), repeats.max(1));
-    crate::train::check_training_memory(config, device, false)?;
+    crate::network::check_training_memory(config, device, false)?;
     let model = Model::new(config, device, 0)?;
     let train_model = model.with_compute_dtype(dtype);
     let infer_model = model.to_dtype(dtype)?;

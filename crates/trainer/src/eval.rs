@@ -8,6 +8,7 @@ use denoise_data::estimate::estimate_sigma;
 use denoise_data::noise::{rng_for, Corruption};
 use denoise_data::ImageSet;
 use denoise_loss::{psnr, Ssim};
+use denoise_model::ensemble;
 use denoise_model::tiles::{self, TileConfig};
 use denoise_model::Model;
 use serde::{Deserialize, Serialize};
@@ -103,7 +104,8 @@ pub struct EvalOptions {
     /// How the clean images are made noisy.
     pub corruption: Corruption,
     /// Images larger than `tiles.whole_limit` pixels are denoised one at a time through the
-    /// tiled path of [`denoise_model::tiles::denoise_image`], as `generate` does.
+    /// tiled path of [`denoise_model::tiles::denoise_image`], as `generate` does; every image
+    /// is denoised in `tiles.ensemble` orientations ([`denoise_model::ensemble`]).
     pub tiles: TileConfig,
     /// Show a progress bar.
     pub progress: bool,
@@ -206,7 +208,8 @@ pub fn evaluate(
                 let shape = (idx.len(), c, h, w);
                 let den = if whole {
                     let noisy = Tensor::from_slice(&noisy, shape, device)?;
-                    denoise_batch(model, &noisy, &levels)?.to_device(&Device::Cpu)?
+                    ensemble::denoise(model, &noisy, &levels, opts.tiles.ensemble)?
+                        .to_device(&Device::Cpu)?
                 } else {
                     let den = tiles::denoise_image(
                         model,

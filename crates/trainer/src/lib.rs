@@ -55,7 +55,11 @@ pub mod bench;
 pub mod config;
 pub mod ema;
 pub mod eval;
+pub mod network;
+mod objective;
+mod pending;
 pub mod plot;
+pub mod run_dir;
 pub mod schedule;
 pub mod selftest;
 pub mod train;
@@ -63,7 +67,8 @@ pub mod train;
 pub use adam::{Adam, AdamConfig};
 pub use config::{LossKind, TrainConfig};
 pub use eval::{evaluate, EvalOptions, EvalResult};
-pub use train::{check_out_dir, read_state, train, TrainOptions, TrainState, TrainSummary};
+pub use run_dir::{read_state, TrainState};
+pub use train::{check_out_dir, train, TrainOptions, TrainSummary};
 
 /// What can go wrong while training or evaluating.
 #[derive(Debug, thiserror::Error)]

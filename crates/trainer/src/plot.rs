@@ -8,7 +8,7 @@ use std::sync::Once;
 use plotters::prelude::*;
 
 use crate::eval::EvalResult;
-use crate::train::{Record, METRICS, PLOT, STEPS};
+use crate::run_dir::{Record, METRICS, PLOT, STEPS};
 use crate::{Result, TrainError};
 
 const FONTS: [&str; 4] = [
