@@ -102,7 +102,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let models = models::Models::new(a.model.as_deref(), &device, a.dtype.dtype());
     // Pictures come in all sizes, each convolution shape seen a few times at most: cuDNN's
     // heuristics pick its algorithms rather than timing every one first.
-    denoise_model::cudnn_conv::set_benchmark(false);
+    denoise_ops::cudnn_conv::set_benchmark(false);
     if input.is_dir() {
         return denoise_folder(&a, input, &models);
     }

@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use denoise_model::layers::{reference_conv, Conv2d};
+use denoise_model::layers::Conv2d;
 use denoise_model::params::ParamStore;
+use denoise_ops::conv::reference_conv;
 
 fn time<F: FnMut() -> Tensor>(name: &str, reps: usize, flops: f64, mut f: F) {
     f();
@@ -57,20 +58,16 @@ fn main() -> candle_core::Result<()> {
     Ok(())
 }
 
-type Fwd = fn(&denoise_model::cpu_conv::ConvShape, &[f32], &[f32], &[f32], bool) -> Vec<f32>;
-type Bwd = fn(
-    &denoise_model::cpu_conv::ConvShape,
-    &[f32],
-    &[f32],
-    &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+type Fwd = fn(&denoise_ops::cpu_conv::ConvShape, &[f32], &[f32], &[f32], bool) -> Vec<f32>;
+type Bwd =
+    fn(&denoise_ops::cpu_conv::ConvShape, &[f32], &[f32], &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// The raw kernels on slices, without candle around them: Winograd against im2col. Run with glibc's allocator tuned as `denoise` does:
 /// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647`.
 #[allow(dead_code)]
 pub fn raw() {
-    use denoise_model::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
-    use denoise_model::winograd;
+    use denoise_ops::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
+    use denoise_ops::winograd;
     let im2col_bwd =
         |s: &ConvShape, x: &[f32], w: &[f32], dy: &[f32]| backward_im2col(s, x, w, dy, None);
     // `--raw 8` runs only the 8x8 layer.

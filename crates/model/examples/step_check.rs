@@ -5,7 +5,7 @@
 //! `cargo run --release -p denoise-model --example step_check [-- --f64]`
 
 use candle_core::{DType, Device, Tensor};
-use denoise_model::layers::with_reference_convs;
+use denoise_ops::conv::with_reference_convs;
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;

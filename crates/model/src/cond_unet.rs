@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::layers::{cast, dropout, Conv2d};
 use crate::norm::GroupNorm;
 use crate::params::{ParamStore, Rng64};
-use crate::resample::{avg_pool2x2, up2x};
 use crate::Result;
+use denoise_ops::resample::{avg_pool2x2, up2x};
 
 /// The shape of a `cond-unet`; stored in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,7 +235,7 @@ impl Attention {
         let scores = (q.t()?.contiguous()?.matmul(&k.contiguous()?)? / (c as f64).sqrt())?;
         // In at least f32 (as autocast does): a bf16 sum of 64 or more exponentials keeps about
         // 3 significant digits.
-        let attn = candle_nn::ops::softmax(&crate::operands::widened(&scores)?, D::Minus1)?
+        let attn = candle_nn::ops::softmax(&denoise_ops::operands::widened(&scores)?, D::Minus1)?
             .to_dtype(scores.dtype())?;
         let out = v.contiguous()?.matmul(&attn.t()?.contiguous()?)?; // (n, c, p)
         let out = self.proj.forward(&out.reshape((n, c, h, w))?)?;

@@ -44,24 +44,15 @@
 
 #![warn(missing_docs)]
 
-pub mod bias_act;
 pub mod checkpoint;
 pub mod cond_unet;
-pub mod cpu_conv;
-#[cfg(feature = "cuda")]
-pub mod cuda_kernels;
-pub mod cudnn_conv;
 pub mod ensemble;
 pub mod layers;
 pub mod norm;
-pub mod operands;
 pub mod params;
-pub mod resample;
 pub mod sampler;
 pub mod seed_unet;
-mod simd;
 pub mod tiles;
-pub mod winograd;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -531,17 +522,6 @@ pub fn reflect_pad(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         x = x.index_select(&Tensor::new(idx, x.device())?, 3)?;
     }
     Ok(x)
-}
-
-/// Fixed pseudo-random values in `[-1, 1)` from `seed`, for the unit tests' inputs.
-#[cfg(test)]
-pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f64> {
-    (0..len as u64)
-        .map(|i| {
-            let v = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-            v as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
 }
 
 #[cfg(test)]

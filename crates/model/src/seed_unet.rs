@@ -9,9 +9,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{dropout, max_pool2x2, Conv2d, ConvTranspose2x2};
+use crate::layers::{dropout, Conv2d, ConvTranspose2x2};
 use crate::params::{ParamStore, Rng64};
 use crate::Result;
+use denoise_ops::pool::max_pool2x2;
 
 /// The shape of a `seed-unet`; the defaults are the original network (7.8 M parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

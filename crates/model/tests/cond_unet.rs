@@ -3,11 +3,12 @@
 //! denoiser known in closed form.
 
 use candle_core::{DType, Device, Tensor, Var};
-use denoise_model::norm::{reference_group_norm, GroupNorm};
+use denoise_model::norm::GroupNorm;
 use denoise_model::params::ParamStore;
 use denoise_model::sampler::{sample, Denoiser, Method, SamplerConfig};
 use denoise_model::tiles::{denoise_image, TileConfig};
 use denoise_model::{CondUnet, CondUnetConfig, Model, ModelConfig};
+use denoise_ops::norm::reference_group_norm;
 
 mod common;
 use common::{check_gradients, max_rel, rand, vec64};

@@ -3,9 +3,11 @@
 //! `seed-unet` against finite differences.
 
 use candle_core::{DType, Device, Tensor, Var};
-use denoise_model::layers::{max_pool2x2, reference_conv, Conv2d, ConvTranspose2x2};
+use denoise_model::layers::{Conv2d, ConvTranspose2x2};
 use denoise_model::params::ParamStore;
 use denoise_model::{SeedUnet, SeedUnetConfig};
+use denoise_ops::conv::reference_conv;
+use denoise_ops::pool::max_pool2x2;
 
 mod common;
 use common::{backward_from, check_gradients, max_rel, rand};
@@ -56,7 +58,7 @@ fn fused_conv_matches_candle_conv() {
 
 /// Asserts that two convolutions of the same inputs agree to `tol` (relative), in their outputs
 /// and in the gradients of `sum(output * upstream)` with respect to each input.
-type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize, bool) -> denoise_model::Result<Tensor>;
+type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize, bool) -> candle_core::Result<Tensor>;
 
 fn assert_same_conv(
     ours: &Tensor,
@@ -83,7 +85,7 @@ fn assert_same_conv(
 /// each gradient is wired to the right input with the right shape).
 #[test]
 fn device_convs_match_candle_conv() {
-    use denoise_model::layers::{cudnn_conv, device_conv};
+    use denoise_ops::conv::{cudnn_conv, device_conv};
     let convs: [(&str, ConvFn); 2] = [("device_conv", device_conv), ("cudnn_conv", cudnn_conv)];
     for ((n, k, relu, c_in, c_out, hw), (name, conv)) in [
         (2, 3, true, 3, 5, 8),
@@ -110,11 +112,11 @@ fn device_convs_match_candle_conv() {
 /// group (gemms in parallel) and many groups (groups in parallel).
 #[test]
 fn winograd_matches_im2col() {
-    use denoise_model::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
-    use denoise_model::winograd;
+    use denoise_ops::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
+    use denoise_ops::winograd;
     fn check<T>(tol: f64)
     where
-        T: denoise_model::cpu_conv::Float + Into<f64> + From<f32>,
+        T: denoise_ops::cpu_conv::Float + Into<f64> + From<f32>,
     {
         for (n, c_in, c_out, h, w) in [
             (1, 8, 8, 4, 4),
@@ -181,8 +183,8 @@ fn winograd_matches_im2col() {
 /// same (f32-rounded) inputs, their RMS error is within 3x of im2col's, forward and backward.
 #[test]
 fn winograd_f32_error_is_close_to_im2col() {
-    use denoise_model::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
-    use denoise_model::winograd;
+    use denoise_ops::cpu_conv::{backward_im2col, forward_im2col, ConvShape};
+    use denoise_ops::winograd;
     let s = ConvShape {
         n: 2,
         c_in: 32,
@@ -336,8 +338,8 @@ fn seed_unet_gradients_match_finite_differences() {
 /// (Winograd and im2col) against the same step with candle's conv and backward, in f32.
 #[test]
 fn network_step_matches_the_reference_step() {
-    use denoise_model::layers::with_reference_convs;
     use denoise_model::{Model, ModelConfig};
+    use denoise_ops::conv::with_reference_convs;
     for arch in ["seed-unet", "cond-unet"] {
         let mut config = ModelConfig::from_arch(arch).unwrap();
         match &mut config {
@@ -400,7 +402,7 @@ fn seed_unet_has_the_original_parameter_count() {
 /// larger than a task's share, a single plane, non-square planes.
 #[test]
 fn resample_ops_match_candle_ops() {
-    use denoise_model::resample::{avg_pool2x2, up2x};
+    use denoise_ops::resample::{avg_pool2x2, up2x};
     for (dtype, tol) in [(DType::F64, 1e-15), (DType::F32, 1e-6)] {
         for dims in [[2, 3, 4, 6], [1, 1, 2, 2], [3, 5, 64, 48], [1, 2, 130, 258]] {
             let [n, c, h, w] = dims;

@@ -169,7 +169,8 @@ fn mixed_precision_gradients_reach_the_f32_weights() {
 fn half_precision_convs_take_the_f32_kernels() {
     use candle_core::Var;
     use common::{backward_from, max_rel};
-    use denoise_model::layers::{cudnn_conv, max_pool2x2, reference_conv};
+    use denoise_ops::conv::{cudnn_conv, reference_conv};
+    use denoise_ops::pool::max_pool2x2;
     for (dtype, ulp) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
         for (n, k, relu, c_in, c_out, hw) in [(2, 3, true, 3, 5, 8), (1, 1, false, 4, 2, 6)] {
             // Values that `dtype` holds exactly: both sides start from the same numbers.

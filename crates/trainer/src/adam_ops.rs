@@ -1,11 +1,11 @@
 //! Adam's update as in-place custom ops: per parameter tensor one pass for each moment and one
 //! for the parameter, with no temporaries. On the CPU the loops below; on CUDA (feature `cuda`)
-//! the kernels of `denoise-model`'s `kernels/adam.cu` (`denoise_model::cuda_kernels::ADAM`), with the same arithmetic in
+//! the kernels of `denoise-model`'s `kernels/adam.cu` (`denoise_ops::cuda_kernels::ADAM`), with the same arithmetic in
 //! the same order. `Adam::step_with_candle_ops` is the same update from candle's element-wise
 //! ops, the reference both are tested against.
 
 use candle_core::{CpuStorage, InplaceOp3, Layout};
-use denoise_model::operands::contiguous;
+use denoise_ops::operands::contiguous;
 
 /// `m <- beta m + (1 - beta) g'` (or `g'^2` where `square`), `g' = g + weight_decay p`:
 /// in place on `m`, reading `(g, p)`.
@@ -177,8 +177,8 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
     use candle_core::cuda_backend::CudaDType;
     use candle_core::{CudaStorage, DType, Layout};
-    use denoise_model::cuda_kernels::{elementwise, function, ADAM};
-    use denoise_model::operands::cuda_view;
+    use denoise_ops::cuda_kernels::{elementwise, function, ADAM};
+    use denoise_ops::operands::cuda_view;
 
     /// Launches `{name}_{float,double}(n, dst, a, b, scalars..., [flag])` over the operands.
     pub(super) fn launch<const K: usize>(

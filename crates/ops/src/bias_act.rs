@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::cpu_conv::{masked_plane, Float};
 use crate::operands::{binary, BinaryKernel};
-use crate::Result;
+use candle_core::Result;
 
 /// `relu?(y + b)`, `b` added per channel (dim 1) of `y` `(N, C, H, W)`: one op where our kernels
 /// run ([`crate::operands::own_kernels_via_f32`]; half precision is added in f32 and rounded
@@ -24,9 +24,7 @@ pub fn bias_act(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
         return bias_relu(y, b, relu);
     }
     let b = widened(b)?.contiguous()?;
-    Ok(via_f32(y, |y| {
-        y.contiguous()?.apply_op2(&b, BiasAct { relu })
-    })?)
+    via_f32(y, |y| y.contiguous()?.apply_op2(&b, BiasAct { relu }))
 }
 
 /// `relu?(y + b)` with `b` added per channel, from candle's ops. Half precision is added in f32
@@ -36,7 +34,7 @@ pub fn bias_relu(y: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
     use crate::operands::widened;
     let out = widened(y)?.broadcast_add(&widened(b)?.reshape((1, b.dim(0)?, 1, 1))?)?;
     let out = if relu { out.relu()? } else { out };
-    Ok(out.to_dtype(y.dtype())?)
+    out.to_dtype(y.dtype())
 }
 
 struct BiasAct {

@@ -8,8 +8,6 @@
 
 use rayon::prelude::*;
 
-use crate::winograd;
-
 /// The float types the kernels run on.
 pub trait Float:
     Copy
@@ -268,16 +266,9 @@ fn col2im<T: Float>(s: &ConvShape, cols: &[T], g: usize, dx: &mut [T], par: bool
     }
 }
 
-/// `relu?(conv(x, w) + b)`: `x` is `(n, c_in, h, w)`, `w` is `(c_out, c_in, k, k)`, `b` is `(c_out)`.
-/// 3x3 kernels with enough channels go through [`crate::winograd`] instead.
-pub fn forward<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -> Vec<T> {
-    if winograd::applies(s) {
-        return winograd::forward(s, x, w, b, relu);
-    }
-    forward_im2col(s, x, w, b, relu)
-}
-
-/// [`forward`] by im2col + gemm, for every kernel size.
+/// `relu?(conv(x, w) + b)` by im2col + gemm, for every kernel size: `x` is `(n, c_in, h, w)`,
+/// `w` is `(c_out, c_in, k, k)`, `b` is `(c_out)`. (The `winograd` module is faster for 3x3
+/// kernels with enough channels; `conv::conv2d` picks.)
 pub fn forward_im2col<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: bool) -> Vec<T> {
     let (p, kd, co) = (s.plane(), s.kdim(), s.c_out);
     let g = s.group();
@@ -330,22 +321,6 @@ pub fn forward_im2col<T: Float>(s: &ConvShape, x: &[T], w: &[T], b: &[T], relu: 
     out
 }
 
-/// Gradients `(dx, dw, db)` from the output gradient `dy`. Where `relu_out` (the forward's output
-/// after its ReLU) is given, the gradient passes only where it is positive (PyTorch's rule).
-/// 3x3 kernels with enough channels go through [`crate::winograd`] instead.
-pub fn backward<T: Float>(
-    s: &ConvShape,
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    relu_out: Option<&[T]>,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    if winograd::applies(s) {
-        return winograd::backward_with(s, x, &winograd::transform_kernels(s, w), dy, relu_out);
-    }
-    backward_im2col(s, x, w, dy, relu_out)
-}
-
 /// `dst = grad`, zeroed where `out` (a ReLU's output, if given) is not positive (PyTorch's
 /// rule; NaN counts as not positive); returns the sum of `dst`, added in order.
 pub(crate) fn masked_plane<T: Float>(dst: &mut [T], grad: &[T], out: Option<&[T]>) -> T {
@@ -383,7 +358,9 @@ pub(crate) fn sum_parts<T: Float>(
     (dw, db)
 }
 
-/// [`backward`] by im2col + gemm, for every kernel size. Layers with fewer output channels than
+/// The gradients `(dx, dw, db)` of [`forward_im2col`] from the output gradient `dy`, by
+/// im2col and gemm. Where `relu_out` (the forward's output after its ReLU) is given, the gradient passes
+/// only where it is positive (PyTorch's rule). Layers with fewer output channels than
 /// input channels (and an odd kernel) take the columns of the output gradient instead: `c_out k
 /// k` rows per pixel, not `c_in k k`.
 pub fn backward_im2col<T: Float>(

@@ -12,7 +12,7 @@ pub const ADAM: &str = include_str!(concat!(env!("OUT_DIR"), "/adam.ptx"));
 pub const BIAS_ACT: &str = include_str!(concat!(env!("OUT_DIR"), "/bias_act.ptx"));
 /// GroupNorm (+ SiLU), forward and backward ([`crate::norm`]).
 pub const GROUP_NORM: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
-/// 2x2 max pooling, forward and backward ([`crate::layers::max_pool2x2`]).
+/// 2x2 max pooling, forward and backward ([`crate::pool::max_pool2x2`]).
 pub const MAX_POOL: &str = include_str!(concat!(env!("OUT_DIR"), "/max_pool.ptx"));
 
 /// `{name}_float` or `{name}_double` from the module `ptx`, for `dtype`; launch it with

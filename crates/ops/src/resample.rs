@@ -12,27 +12,27 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_conv::Float;
-use crate::Result;
+use candle_core::Result;
 
 /// Nearest-neighbour 2x upsampling: each pixel becomes a 2x2 block.
 pub fn up2x(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if on_cpu(x) {
-        return Ok(x.contiguous()?.apply_op1(Resample2x::UP)?);
+        return x.contiguous()?.apply_op1(Resample2x::UP);
     }
-    Ok(x.reshape((n, c, h, 1, w, 1))?
+    x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, 2, w, 2))?
         .contiguous()?
-        .reshape((n, c, 2 * h, 2 * w))?)
+        .reshape((n, c, 2 * h, 2 * w))
 }
 
 /// 2x2 average pooling with stride 2 (planes of even height and width).
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if on_cpu(x) && h % 2 == 0 && w % 2 == 0 {
-        return Ok(x.contiguous()?.apply_op1(Resample2x::POOL)?);
+        return x.contiguous()?.apply_op1(Resample2x::POOL);
     }
-    Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.mean(5)?.mean(3)?)
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.mean(5)?.mean(3)
 }
 
 fn on_cpu(x: &Tensor) -> bool {
