@@ -3,6 +3,7 @@
 //! - `cargo xtask train|eval|generate|export|info|selftest [ARGS]`: builds the `denoise` binary in release mode and
 //!   runs the subcommand with ARGS (`--help` for each).
 //! - `cargo xtask ci`: what CI runs: format check, clippy, tests.
+//! - `cargo xtask deps`: the dependency rules of `docs/ARCHITECTURE.md` against `cargo metadata`.
 //! - `cargo xtask bench`: throughput, optionally side by side with PyTorch (see `bench.rs`).
 //! - `cargo xtask gpu-bundle`: a CUDA build and a folder to run on a GPU machine (see `gpu.rs`).
 //! - `cargo xtask gpu-dry-run`: that folder's `gpu-check.sh` run on the CPU, to check the script.
@@ -13,6 +14,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod deps;
 mod gpu;
 
 fn root() -> PathBuf {
@@ -96,6 +98,13 @@ fn ci() -> Result<()> {
 /// `cargo xtask TASK --help` for the tasks that are xtask's own.
 fn task_help(task: &str) -> &'static str {
     match task {
+        "deps" => {
+            "usage: cargo xtask deps
+
+Checks the \"**Never depends on**:\" lines of docs/ARCHITECTURE.md against `cargo metadata`: no
+workspace crate depends on a crate its section forbids, directly or through others, and every
+library crate of the workspace has a section with such a line. Also run by `cargo test`."
+        }
         "ci" => {
             "usage: cargo xtask ci
 
@@ -145,6 +154,7 @@ failed.
 const USAGE: &str = "usage: cargo xtask <train|eval|generate|export|info|selftest|estimate> [ARGS]
                                                     (release build of `denoise`, then the subcommand)
        cargo xtask ci                               (fmt --check, clippy -D warnings, tests)
+       cargo xtask deps                             (the dependency rules of docs/ARCHITECTURE.md)
        cargo xtask bench [--arch A] [--repeats N] [--steps N] [--compare-torch] [--python PY] [--json FILE]
                                                     (training and inference images/s, against PyTorch)
        cargo xtask gpu-bundle [--data DIR] [--skip-build]
@@ -159,7 +169,7 @@ fn main() -> ExitCode {
         Some(
             sub @ ("train" | "eval" | "generate" | "export" | "info" | "selftest" | "estimate"),
         ) => denoise(sub, &args[1..]),
-        Some(task @ ("ci" | "bench" | "gpu-bundle" | "gpu-dry-run"))
+        Some(task @ ("ci" | "deps" | "bench" | "gpu-bundle" | "gpu-dry-run"))
             if args[1..].iter().any(|a| a == "-h" || a == "--help") =>
         {
             println!("{}", task_help(task));
@@ -170,6 +180,7 @@ fn main() -> ExitCode {
             args[1]
         )),
         Some("ci") => ci().map(|_| ExitCode::SUCCESS),
+        Some("deps") => deps::check(&root()).map(|_| ExitCode::SUCCESS),
         Some("bench") => build_denoise()
             .and_then(|bin| bench::bench(&root(), &bin, &args[1..]))
             .map(|_| ExitCode::SUCCESS),
@@ -199,6 +210,7 @@ mod tests {
     fn every_task_documents_its_options() {
         for (task, options) in [
             ("ci", &[][..]),
+            ("deps", &[][..]),
             (
                 "bench",
                 &[
