@@ -6,5 +6,6 @@ mod bad_input;
 mod bench;
 mod common;
 mod generate;
+mod reliability;
 mod shipped;
 mod train;

@@ -93,6 +93,173 @@ fn machine_peak_gflops(threads: usize) -> Option<f64> {
     Some(threads as f64 * per_cycle * mhz / 1000.0)
 }
 
+/// The runs of one network: ours and (with `--compare-torch`) PyTorch's, repeat by repeat.
+#[derive(Default)]
+struct Samples {
+    train: Vec<f64>,
+    infer: Vec<f64>,
+    torch_train: Vec<f64>,
+    torch_infer: Vec<f64>,
+    peak_rss_mb: f64,
+    threads: usize,
+    forward_flops: f64,
+}
+
+/// `--compare-torch` on cond-unet: the PyTorch twin loads the shipped checkpoint and must give
+/// `denoise generate`'s output.
+fn twin_check(o: &Opts, root: &Path, bin: &Path, script: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(&o.python)
+        .arg(script)
+        .arg("--twin-check")
+        .arg("--denoise")
+        .arg(bin)
+        .arg("--checkpoint")
+        .arg(root.join("models/cond-unet-cifar10.safetensors"))
+        .output()?;
+    let check = json_of(out, "the PyTorch twin's check")?;
+    println!(
+        "cond-unet twin check: PyTorch's and denoise's outputs on a {}x{} test image differ by {} of {} levels at most",
+        check["image"][0], check["image"][1], check["max_level_diff"], check["levels"]
+    );
+    Ok(check)
+}
+
+/// One `denoise bench` run of `arch` on the CPU, through the JSON it writes to `tmp`.
+fn denoise_run(bin: &Path, arch: &str, steps: usize, tmp: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "--arch",
+            arch,
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--steps",
+            &steps.to_string(),
+            "--json",
+        ])
+        .arg(tmp)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "denoise bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(tmp)?)?)
+}
+
+/// One run of the PyTorch twin of `arch` on `threads` threads.
+fn torch_run(o: &Opts, script: &Path, arch: &str, threads: usize) -> Result<serde_json::Value> {
+    let out = Command::new(&o.python)
+        .arg(script)
+        .args([
+            "--arch",
+            arch,
+            "--device",
+            "cpu",
+            "--threads",
+            &threads.to_string(),
+            "--repeats",
+            "1",
+            "--steps",
+            &o.steps.to_string(),
+        ])
+        .output()?;
+    json_of(out, "the PyTorch benchmark")
+}
+
+/// The repeats of `arch`, ours then PyTorch's in turn (so that both see the same machine load).
+fn measure(
+    o: &Opts,
+    bin: &Path,
+    script: &Path,
+    arch: &str,
+    tmp: &Path,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Samples> {
+    let mut s = Samples::default();
+    for r in 0..o.repeats {
+        let v = denoise_run(bin, arch, o.steps, tmp)?;
+        let (a, b) = (median(&v["train_img_per_s"]), median(&v["infer_img_per_s"]));
+        s.train.push(a);
+        s.infer.push(b);
+        s.peak_rss_mb = s.peak_rss_mb.max(v["peak_rss_mb"].as_f64().unwrap_or(0.0));
+        s.threads = v["threads"].as_u64().unwrap_or(0) as usize;
+        s.forward_flops = v["forward_flops_per_image"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "[{}/{}] {arch}: train {a:.1} img/s, inference {b:.1} img/s",
+            r + 1,
+            o.repeats
+        );
+        if o.compare {
+            let t = torch_run(o, script, arch, s.threads)?;
+            let (ta, tb) = (median(&t["train_img_per_s"]), median(&t["infer_img_per_s"]));
+            eprintln!(
+                "[{}/{}] pytorch {}: train {ta:.1} img/s, inference {tb:.1} img/s",
+                r + 1,
+                o.repeats,
+                t["version"]
+            );
+            s.torch_train.push(ta);
+            s.torch_infer.push(tb);
+            report.insert("pytorch_version".into(), t["version"].clone());
+        }
+    }
+    Ok(s)
+}
+
+/// The report entry of one network, printed as it is made.
+fn summarize(arch: &str, s: &Samples) -> serde_json::Value {
+    let (rss, threads, flops) = (s.peak_rss_mb, s.threads, s.forward_flops);
+    let peak = machine_peak_gflops(threads);
+    let train_gflops = s.train.iter().cloned().fold(f64::NAN, f64::max) * 3.0 * flops / 1e9;
+    let mut entry = serde_json::json!({
+        "train_img_per_s": stats(&s.train),
+        "infer_img_per_s": stats(&s.infer),
+        "peak_rss_mb": rss,
+        "threads": threads,
+        "train_flops_per_image": 3.0 * flops,
+        "machine_peak_gflops": peak,
+        "train_peak_share": peak.map(|p| stats(&s.train)["median"].as_f64().unwrap() * 3.0 * flops / 1e9 / p),
+        "infer_peak_share": peak.map(|p| stats(&s.infer)["median"].as_f64().unwrap() * flops / 1e9 / p),
+    });
+    println!(
+        "{arch}: train {:.1} img/s (min {:.1}, max {:.1}, best {:.1} GFLOP/s), inference {:.1} img/s (min {:.1}, max {:.1}), {threads} threads, peak RSS {rss:.0} MB{}",
+        median(&entry["train_img_per_s"]),
+        entry["train_img_per_s"]["min"].as_f64().unwrap(),
+        entry["train_img_per_s"]["max"].as_f64().unwrap(),
+        train_gflops,
+        median(&entry["infer_img_per_s"]),
+        entry["infer_img_per_s"]["min"].as_f64().unwrap(),
+        entry["infer_img_per_s"]["max"].as_f64().unwrap(),
+        peak.map_or(String::new(), |p| format!(", {:.0} % of the machine's {p:.0} GFLOP/s nominal peak in training (direct-convolution FLOPs: Winograd layers do fewer)", 100.0 * median(&entry["train_img_per_s"]) * 3.0 * flops / 1e9 / p)),
+    );
+    if !s.torch_train.is_empty() {
+        let ratio = |ours: &[f64], theirs: &[f64]| -> Vec<f64> {
+            ours.iter().zip(theirs).map(|(a, b)| a / b).collect()
+        };
+        entry["pytorch"] = serde_json::json!({"train_img_per_s": stats(&s.torch_train), "infer_img_per_s": stats(&s.torch_infer)});
+        entry["ratio_vs_pytorch"] = serde_json::json!({
+            "train": stats(&ratio(&s.train, &s.torch_train)),
+            "infer": stats(&ratio(&s.infer, &s.torch_infer)),
+        });
+        println!(
+            "pytorch (same network, {threads} threads): train {:.1} img/s, inference {:.1} img/s\nratio ours / pytorch: train {:.2}x (min {:.2}, max {:.2}), inference {:.2}x (min {:.2}, max {:.2})",
+            median(&entry["pytorch"]["train_img_per_s"]),
+            median(&entry["pytorch"]["infer_img_per_s"]),
+            median(&entry["ratio_vs_pytorch"]["train"]),
+            entry["ratio_vs_pytorch"]["train"]["min"].as_f64().unwrap(),
+            entry["ratio_vs_pytorch"]["train"]["max"].as_f64().unwrap(),
+            median(&entry["ratio_vs_pytorch"]["infer"]),
+            entry["ratio_vs_pytorch"]["infer"]["min"].as_f64().unwrap(),
+            entry["ratio_vs_pytorch"]["infer"]["max"].as_f64().unwrap(),
+        );
+    }
+    entry
+}
+
 pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let script = root.join("xtask/torch/unet_bench.py");
@@ -110,129 +277,11 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     let mut report = serde_json::Map::new();
     for arch in &o.arches {
         if o.compare && arch == "cond-unet" {
-            let out = Command::new(&o.python)
-                .arg(&script)
-                .arg("--twin-check")
-                .arg("--denoise")
-                .arg(bin)
-                .arg("--checkpoint")
-                .arg(root.join("models/cond-unet-cifar10.safetensors"))
-                .output()?;
-            let check = json_of(out, "the PyTorch twin's check")?;
-            println!(
-                "cond-unet twin check: PyTorch's and denoise's outputs on a {}x{} test image differ by {} of {} levels at most",
-                check["image"][0], check["image"][1], check["max_level_diff"], check["levels"]
-            );
+            let check = twin_check(&o, root, bin, &script)?;
             report.insert("cond_unet_twin_check".into(), check);
         }
-        let (mut tr, mut inf, mut rss, mut threads, mut flops) =
-            (vec![], vec![], 0f64, 0usize, 0f64);
-        let (mut ttr, mut tinf, mut rtr, mut rinf) = (vec![], vec![], vec![], vec![]);
-        for r in 0..o.repeats {
-            let out = Command::new(bin)
-                .args([
-                    "bench",
-                    "--arch",
-                    arch,
-                    "--device",
-                    "cpu",
-                    "--repeats",
-                    "1",
-                    "--steps",
-                    &o.steps.to_string(),
-                    "--json",
-                ])
-                .arg(&tmp)
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "denoise bench failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tmp)?)?;
-            let (a, b) = (median(&v["train_img_per_s"]), median(&v["infer_img_per_s"]));
-            tr.push(a);
-            inf.push(b);
-            rss = rss.max(v["peak_rss_mb"].as_f64().unwrap_or(0.0));
-            threads = v["threads"].as_u64().unwrap_or(0) as usize;
-            flops = v["forward_flops_per_image"].as_f64().unwrap_or(0.0);
-            eprintln!(
-                "[{}/{}] {arch}: train {a:.1} img/s, inference {b:.1} img/s",
-                r + 1,
-                o.repeats
-            );
-            if o.compare {
-                let out = Command::new(&o.python)
-                    .arg(&script)
-                    .args([
-                        "--arch",
-                        arch,
-                        "--device",
-                        "cpu",
-                        "--threads",
-                        &threads.to_string(),
-                        "--repeats",
-                        "1",
-                        "--steps",
-                        &o.steps.to_string(),
-                    ])
-                    .output()?;
-                let t = json_of(out, "the PyTorch benchmark")?;
-                let (ta, tb) = (median(&t["train_img_per_s"]), median(&t["infer_img_per_s"]));
-                eprintln!(
-                    "[{}/{}] pytorch {}: train {ta:.1} img/s, inference {tb:.1} img/s",
-                    r + 1,
-                    o.repeats,
-                    t["version"]
-                );
-                ttr.push(ta);
-                tinf.push(tb);
-                rtr.push(a / ta);
-                rinf.push(b / tb);
-                report.insert("pytorch_version".into(), t["version"].clone());
-            }
-        }
-        let peak = machine_peak_gflops(threads);
-        let train_gflops = tr.iter().cloned().fold(f64::NAN, f64::max) * 3.0 * flops / 1e9;
-        let mut entry = serde_json::json!({
-            "train_img_per_s": stats(&tr),
-            "infer_img_per_s": stats(&inf),
-            "peak_rss_mb": rss,
-            "threads": threads,
-            "train_flops_per_image": 3.0 * flops,
-            "machine_peak_gflops": peak,
-            "train_peak_share": peak.map(|p| stats(&tr)["median"].as_f64().unwrap() * 3.0 * flops / 1e9 / p),
-            "infer_peak_share": peak.map(|p| stats(&inf)["median"].as_f64().unwrap() * flops / 1e9 / p),
-        });
-        println!(
-            "{arch}: train {:.1} img/s (min {:.1}, max {:.1}, best {:.1} GFLOP/s), inference {:.1} img/s (min {:.1}, max {:.1}), {threads} threads, peak RSS {rss:.0} MB{}",
-            median(&entry["train_img_per_s"]),
-            entry["train_img_per_s"]["min"].as_f64().unwrap(),
-            entry["train_img_per_s"]["max"].as_f64().unwrap(),
-            train_gflops,
-            median(&entry["infer_img_per_s"]),
-            entry["infer_img_per_s"]["min"].as_f64().unwrap(),
-            entry["infer_img_per_s"]["max"].as_f64().unwrap(),
-            peak.map_or(String::new(), |p| format!(", {:.0} % of the machine's {p:.0} GFLOP/s nominal peak in training (direct-convolution FLOPs: Winograd layers do fewer)", 100.0 * median(&entry["train_img_per_s"]) * 3.0 * flops / 1e9 / p)),
-        );
-        if !ttr.is_empty() {
-            entry["pytorch"] = serde_json::json!({"train_img_per_s": stats(&ttr), "infer_img_per_s": stats(&tinf)});
-            entry["ratio_vs_pytorch"] =
-                serde_json::json!({"train": stats(&rtr), "infer": stats(&rinf)});
-            println!(
-                "pytorch (same network, {threads} threads): train {:.1} img/s, inference {:.1} img/s\nratio ours / pytorch: train {:.2}x (min {:.2}, max {:.2}), inference {:.2}x (min {:.2}, max {:.2})",
-                median(&entry["pytorch"]["train_img_per_s"]),
-                median(&entry["pytorch"]["infer_img_per_s"]),
-                median(&entry["ratio_vs_pytorch"]["train"]),
-                entry["ratio_vs_pytorch"]["train"]["min"].as_f64().unwrap(),
-                entry["ratio_vs_pytorch"]["train"]["max"].as_f64().unwrap(),
-                median(&entry["ratio_vs_pytorch"]["infer"]),
-                entry["ratio_vs_pytorch"]["infer"]["min"].as_f64().unwrap(),
-                entry["ratio_vs_pytorch"]["infer"]["max"].as_f64().unwrap(),
-            );
-        }
-        report.insert(arch.clone(), entry);
+        let samples = measure(&o, bin, &script, arch, &tmp, &mut report)?;
+        report.insert(arch.clone(), summarize(arch, &samples));
     }
     let _ = std::fs::remove_file(&tmp);
     if let Some(path) = &o.json {

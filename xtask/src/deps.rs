@@ -111,14 +111,20 @@ impl Graph {
             .filter(|p| p["id"].as_str().is_some_and(|id| ids.contains(id)))
             .map(|p| {
                 let lib = p["targets"].as_array().is_some_and(|ts| {
-                    ts.iter()
-                        .any(|t| t["kind"].as_array().is_some_and(|k| k.contains(&"lib".into())))
+                    ts.iter().any(|t| {
+                        t["kind"]
+                            .as_array()
+                            .is_some_and(|k| k.contains(&"lib".into()))
+                    })
                 });
                 (p["name"].as_str().unwrap_or_default().to_string(), lib)
             })
             .collect();
         let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for node in meta["resolve"]["nodes"].as_array().context("no resolve graph")? {
+        for node in meta["resolve"]["nodes"]
+            .as_array()
+            .context("no resolve graph")?
+        {
             let Some(name) = node["id"].as_str().and_then(|id| name_of.get(id)) else {
                 continue;
             };
@@ -162,7 +168,9 @@ pub fn violations(graph: &Graph, rules: &Rules) -> Vec<String> {
     }
     for (pkg, forbidden) in rules {
         if !graph.members.contains_key(pkg) {
-            out.push(format!("{pkg}: a rule for a package the workspace does not have"));
+            out.push(format!(
+                "{pkg}: a rule for a package the workspace does not have"
+            ));
             continue;
         }
         let reach = graph.reachable(pkg);
@@ -232,10 +240,17 @@ mod tests {
             v.contains(&"model must never depend on data, but model -> ops -> data".into()),
             "{v:?}"
         );
-        assert!(v.contains(&"ops must never depend on data, but ops -> data".into()), "{v:?}");
+        assert!(
+            v.contains(&"ops must never depend on data, but ops -> data".into()),
+            "{v:?}"
+        );
         let fine = graph(&[("model", "ops")], &["ops", "model"]);
         assert!(violations(&fine, &r).is_empty());
-        assert!(rules("**Never depends on**: `x`", &members.map(String::from).into()).is_err());
+        assert!(rules(
+            "**Never depends on**: `x`",
+            &members.map(String::from).into()
+        )
+        .is_err());
     }
 
     /// The workspace itself keeps the rules of its map: a forbidden dependency fails CI here.

@@ -45,7 +45,12 @@ impl Picture {
 /// The formats read and written, in words.
 pub const FORMAT_NAMES: &str = "PNG, JPEG, TIFF, WebP or BMP";
 
-/// Reads an image file of one of [`FORMAT_NAMES`] (found from its contents).
+/// The most pixels an input image may have (134 megapixels, a 15,000 x 9,000 photo): reading
+/// one takes about 30 bytes a pixel (4 GB at the limit) before the network runs in tiles.
+pub const MAX_PIXELS: u64 = 1 << 27;
+
+/// Reads an image file of one of [`FORMAT_NAMES`] (found from its contents), of at most
+/// [`MAX_PIXELS`] pixels (checked from its header, before the pixels are decoded).
 pub fn read(path: &Path) -> Result<Picture> {
     let cannot_decode = || {
         format!(
@@ -59,6 +64,20 @@ pub fn read(path: &Path) -> Result<Picture> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .into_decoder()
         .with_context(cannot_decode)?;
+    // Before anything is allocated for the pixels: a header may claim any size.
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        bail!(
+            "{}: the image claims {w}x{h} pixels ({:.0} megapixels); at most {} megapixels are \
+             read (about 30 bytes a pixel while denoising)",
+            path.display(),
+            f64::from(w) * f64::from(h) / 1e6,
+            MAX_PIXELS / 1_000_000
+        );
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8); // 16-bit RGBA
+    decoder.set_limits(limits).with_context(cannot_decode)?;
     // Metadata that cannot be read is left behind; the pixels are what matter.
     let exif = decoder.exif_metadata().ok().flatten();
     let icc = decoder.icc_profile().ok().flatten();

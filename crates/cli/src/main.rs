@@ -68,11 +68,13 @@ enum Command {
 fn main() -> ExitCode {
     // Output piped into a reader that stops early (`denoise info X | head`) ends the process
     // quietly, as for other command-line tools, instead of a panic in `println!`. Every file is
-    // written atomically, so nothing is left half-written.
+    // written atomically, so nothing is left half-written. A file-size limit (`ulimit -f`) makes
+    // a write fail with an error that names the file, instead of killing the process.
     #[cfg(unix)]
-    // SAFETY: restoring the default disposition of a signal, before any thread starts.
+    // SAFETY: setting the dispositions of two signals, before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
     candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);

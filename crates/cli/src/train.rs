@@ -220,6 +220,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let data = load_data(&a.data, multiple, is_tty())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
+        // Ctrl-C, SIGTERM (a `kill`, a scheduler's stop) and SIGHUP alike: finish the step, save
+        // and stop; a second one exits at once (every file is written atomically, and the
+        // temporary file a write may leave is removed by the next run).
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {

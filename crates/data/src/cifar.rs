@@ -54,19 +54,27 @@ pub fn read_batch(path: &Path) -> Result<ImageSet> {
         });
     }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    Ok(parse_records(&bytes))
+    parse_records(&bytes, path)
 }
 
-/// Parses whole records (label byte + 3,072 pixel bytes).
-pub fn parse_records(bytes: &[u8]) -> ImageSet {
+/// Parses whole records (label byte + 3,072 pixel bytes) of the file `path`; a label outside
+/// 0-9 is an error naming the file and the record.
+pub fn parse_records(bytes: &[u8], path: &Path) -> Result<ImageSet> {
     let n = bytes.len() / RECORD;
     let mut pixels = Vec::with_capacity(n * 3072);
     let mut labels = Vec::with_capacity(n);
-    for rec in bytes.chunks_exact(RECORD) {
+    for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
+        if usize::from(rec[0]) >= CLASSES.len() {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                record: i,
+                label: rec[0],
+            });
+        }
         labels.push(rec[0] as u16);
         pixels.extend_from_slice(&rec[1..]);
     }
-    ImageSet {
+    Ok(ImageSet {
         pixels,
         labels,
         n,
@@ -74,7 +82,7 @@ pub fn parse_records(bytes: &[u8]) -> ImageSet {
         h: 32,
         w: 32,
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
-    }
+    })
 }
 
 fn concat(sets: Vec<ImageSet>) -> ImageSet {
@@ -148,8 +156,18 @@ mod tests {
                 }
             }
         }
-        let set = parse_records(&rec);
+        let file = Path::new("data_batch_1.bin");
+        let set = parse_records(&rec, file).unwrap();
         assert_eq!((set.n, set.labels[0]), (1, 7));
+        // A label outside 0-9, in the second record: an error naming the file and the record.
+        let mut two = rec.clone();
+        two.extend_from_slice(&rec);
+        two[RECORD] = 200;
+        let e = parse_records(&two, file).unwrap_err().to_string();
+        assert!(
+            e.contains("data_batch_1.bin") && e.contains("record 1") && e.contains("label 200"),
+            "{e}"
+        );
         let img = set.image(0);
         // pixel (c=1, y=3, x=5)
         assert_eq!(img[1024 + 3 * 32 + 5], (5 + 6 + 50) as u8);

@@ -110,6 +110,16 @@ pub enum DataError {
         /// The patch side.
         patch: usize,
     },
+    /// A CIFAR-10 record's label is not one of the ten classes.
+    #[error("{path}: record {record} has label {label}; CIFAR-10 labels are 0 to 9 (not a CIFAR-10 batch file?)")]
+    BadLabel {
+        /// The batch file.
+        path: PathBuf,
+        /// The record's index in the file (from 0).
+        record: usize,
+        /// The label byte found.
+        label: u8,
+    },
     /// A folder holds neither the CIFAR-10 binary files nor images.
     #[error("{path}: no CIFAR-10 binary files (cifar-10-batches-bin/data_batch_1.bin ...) and no images (PNG, JPEG, TIFF, WebP, BMP) found")]
     Empty {

@@ -126,8 +126,16 @@ impl Checkpoint {
             path: p.clone(),
             source,
         })?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(&p, format!("not a safetensors file ({e})")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            let what = match other_format(&bytes) {
+                Some(kind) => format!(
+                    "{kind}, not a safetensors file: denoise reads only its own safetensors \
+                     checkpoints (nothing in a file is ever executed or unpickled)"
+                ),
+                None => format!("not a safetensors file ({e})"),
+            };
+            bad(&p, what)
+        })?;
         let metadata: BTreeMap<String, String> = header
             .metadata()
             .clone()
@@ -154,11 +162,35 @@ impl Checkpoint {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, renamed.
+/// What a file that is not safetensors is, from its first bytes, where it is a common format
+/// of another tool.
+fn other_format(bytes: &[u8]) -> Option<&'static str> {
+    let starts = |magic: &[u8]| bytes.starts_with(magic);
+    Some(if starts(b"PK\x03\x04") {
+        "a zip archive (PyTorch's torch.save format, .pt / .pth)"
+    } else if bytes.len() > 1 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        "a Python pickle (an older PyTorch .pth / .pkl)"
+    } else if starts(b"\x93NUMPY") {
+        "a NumPy array (.npy)"
+    } else if starts(b"\x89HDF\r\n\x1a\n") {
+        "an HDF5 file (Keras .h5)"
+    } else if starts(b"GGUF") {
+        "a GGUF file (llama.cpp)"
+    } else if starts(b"\x89PNG") || starts(b"\xff\xd8\xff") {
+        "an image"
+    } else {
+        return None;
+    })
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file in the same folder,
+/// written and synced to the disk, renamed over `path`, and the folder synced, so that after a
+/// crash or power loss `path` is the old file or the new one, whole. If anything fails (a full
+/// disk: [`ModelError::Write`]), the temporary file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io {
-        action: "writing",
+    let io = |source| ModelError::Write {
         path: path.display().to_string(),
+        bytes: bytes.len(),
         source,
     };
     let dir = match path.parent() {
@@ -175,7 +207,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself reaches the disk with the folder's entry.
+        #[cfg(unix)]
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

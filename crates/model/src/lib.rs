@@ -114,6 +114,18 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a file failed (a full disk, a write limit, no permission); any earlier file of
+    /// that name is left as it was.
+    #[error("writing {path} ({} MB) failed: {source}; the file that was there, if any, is kept", .bytes.div_ceil(1 << 20))]
+    Write {
+        /// The file.
+        path: String,
+        /// The bytes it needed.
+        bytes: usize,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

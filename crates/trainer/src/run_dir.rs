@@ -143,18 +143,25 @@ pub(crate) fn append(path: &Path, line: &str) -> Result<()> {
 /// The lock file that keeps two runs out of one folder.
 pub(crate) const LOCK: &str = ".train.lock";
 
-/// Takes the folder's lock for this process's lifetime (released when the file closes). Where
-/// the file system cannot lock files, the run goes on without it, with a warning.
+/// Takes the folder's lock for this process's lifetime (released when the file closes, also
+/// when the process is killed), and writes this process's id into it. A lock file left by a run
+/// that no longer exists is taken over with a message; temporary files that a killed run left
+/// half-written are removed (they are never loaded). Where the file system cannot lock files,
+/// the run goes on without it, with a warning.
 pub(crate) fn lock_out_dir(out_dir: &Path) -> Result<std::fs::File> {
     let path = out_dir.join(LOCK);
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
     match file.try_lock() {
-        Ok(()) => {}
+        Ok(()) => {
+            take_over(&mut file, &path)?;
+            remove_stale_temporaries(out_dir);
+        }
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(TrainError::Busy {
                 path: out_dir.display().to_string(),
@@ -166,4 +173,41 @@ pub(crate) fn lock_out_dir(out_dir: &Path) -> Result<std::fs::File> {
         ),
     }
     Ok(file)
+}
+
+/// With the lock held: says so when the file names a process that ended without releasing it
+/// cleanly (killed), and writes this process's id in its place.
+fn take_over(file: &mut std::fs::File, path: &Path) -> Result<()> {
+    use std::io::{Read, Seek};
+    let mut old = String::new();
+    let _ = file.read_to_string(&mut old);
+    if let Ok(pid) = old.trim().parse::<u32>() {
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(
+                "{}: the lock of process {pid}, which no longer runs, is taken over",
+                path.display()
+            );
+        }
+    }
+    file.set_len(0).map_err(io_err(path))?;
+    file.rewind().map_err(io_err(path))?;
+    write!(file, "{}", std::process::id()).map_err(io_err(path))
+}
+
+/// Removes the temporary files of checkpoint writes (`.best.safetensors.PID.tmp`) that a killed
+/// run left behind; only called with the folder's lock held, so no write is in progress.
+fn remove_stale_temporaries(out_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = [BEST, LAST].iter().any(|f| name.starts_with(&format!(".{f}.")));
+        if ours && name.ends_with(".tmp") && std::fs::remove_file(e.path()).is_ok() {
+            tracing::info!(
+                "{}: removed a half-written temporary file of an interrupted run",
+                e.path().display()
+            );
+        }
+    }
 }

@@ -116,6 +116,8 @@ pub fn train(
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let lock = lock_out_dir(out_dir)?;
     let result = train_locked(config, data, out_dir, device, opts);
+    // Released cleanly: no process id left for the next run to find.
+    let _ = lock.set_len(0);
     drop(lock);
     if result.is_err() && created {
         // A run that failed before it wrote anything leaves no folder behind: remove the lock
@@ -297,6 +299,9 @@ impl<'a> Trainer<'a> {
         );
         self.run_start = Instant::now();
         self.window = (Instant::now(), 0);
+        if self.opts.resume {
+            self.repair_best()?;
+        }
         let stopped_by = loop {
             if let Some(reason) = self.stop_reason() {
                 break reason;
@@ -510,10 +515,47 @@ impl<'a> Trainer<'a> {
         *running = Running::default();
         if best {
             state.best_step = Some(state.global_step);
-            save_checkpoint(&self.out_dir.join(BEST), model, ema.as_ref(), None, state)?;
         }
+        // `last` first: a run killed between the two writes resumes from it and rewrites
+        // `best` (`repair_best`); the other way round it could not resume at all.
         self.checkpoint()?;
+        if best {
+            self.save_best()?;
+        }
         Ok(self.learner.state.early.should_stop())
+    }
+
+    /// Saves `best.safetensors`: the network and its average at this step.
+    fn save_best(&self) -> Result<()> {
+        let l = &self.learner;
+        save_checkpoint(
+            &self.out_dir.join(BEST),
+            &l.model,
+            l.ema.as_ref(),
+            None,
+            &l.state,
+        )
+    }
+
+    /// After a resume: when the run stopped between writing `last` and `best` at a validation
+    /// that improved (killed), `best` is missing or older than the state says; it is written
+    /// again from the resumed weights, which are that validation's.
+    fn repair_best(&self) -> Result<()> {
+        let state = &self.learner.state;
+        if state.best_step != Some(state.global_step) {
+            return Ok(());
+        }
+        let path = self.out_dir.join(BEST);
+        let saved = read_step(&path);
+        if saved != Some(state.global_step) {
+            tracing::info!(
+                "{}: rewriting it from step {} (the run stopped while saving it)",
+                path.display(),
+                state.global_step
+            );
+            self.save_best()?;
+        }
+        Ok(())
     }
 
     /// Saves `last.safetensors`: the network, its average, the optimiser and the state.
@@ -562,6 +604,12 @@ impl<'a> Trainer<'a> {
             stopped_by,
         }
     }
+}
+
+/// The step of the checkpoint at `path` (its training state), if it loads.
+fn read_step(path: &Path) -> Option<u64> {
+    let ckpt = Checkpoint::load(path).ok()?;
+    state_of(&ckpt).ok().map(|s| s.global_step)
 }
 
 /// Adam's settings in a recipe.
