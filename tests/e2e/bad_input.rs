@@ -384,3 +384,122 @@ fn bad_inputs_are_clear_errors() {
     ]);
     assert!(err.contains("val_limit must be at least 1"), "{err}");
 }
+
+/// Files made to hurt: an image whose header claims 100000x100000 pixels (refused from the
+/// header, under a 4 GiB address-space limit, before anything is allocated for it), CIFAR-10
+/// records whose labels are not 0-9, and other tools' checkpoints (a PyTorch zip, a pickle).
+#[test]
+fn hostile_files_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    // A PNG header of 100000x100000 RGB pixels, with a few bytes of image data.
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let crc = crc32(&c[4..]);
+        c.extend_from_slice(&crc.to_be_bytes());
+        c
+    };
+    let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]));
+    png.extend(chunk(b"IEND", &[]));
+    std::fs::write(t("huge.png"), &png).unwrap();
+    for args in [
+        vec![
+            "generate",
+            "--image",
+            &t("huge.png"),
+            "--out",
+            &t("out.png"),
+        ],
+        vec!["estimate", "--image", &t("huge.png")],
+    ] {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 4194304; exec '{}' {}",
+                env!("CARGO_BIN_EXE_denoise"),
+                quoted.join(" ")
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("huge.png") && err.contains("100000x100000") && err.contains("at most"),
+            "{err}"
+        );
+    }
+    assert!(!tmp.path().join("out.png").exists());
+
+    // CIFAR-10 files of the right size whose second record's label is 200.
+    let data = cifar_binary(tmp.path());
+    let batch = data.join("cifar-10-batches-bin/data_batch_3.bin");
+    let mut bytes = std::fs::read(&batch).unwrap();
+    bytes[3073] = 200;
+    std::fs::write(&batch, bytes).unwrap();
+    let err = fails(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        &t("run"),
+        "--max-steps",
+        "1",
+        "--width",
+        "8",
+    ]);
+    assert!(
+        err.contains("data_batch_3.bin") && err.contains("record 1") && err.contains("label 200"),
+        "{err}"
+    );
+
+    // A PyTorch checkpoint (a zip archive) and an old-style pickle.
+    std::fs::write(
+        t("model.pth"),
+        b"PK\x03\x04\x14\x00\x00\x00archive/data.pkl",
+    )
+    .unwrap();
+    std::fs::write(t("model.pkl"), b"\x80\x02}q\x00.").unwrap();
+    for (file, says) in [("model.pth", "PyTorch"), ("model.pkl", "pickle")] {
+        for args in [
+            vec!["info", &t(file)],
+            vec![
+                "generate",
+                "--random",
+                "--model",
+                &t(file),
+                "--out",
+                &t("g.png"),
+            ],
+        ] {
+            let err = fails(&args);
+            assert!(
+                err.contains(file) && err.contains(says) && err.contains("safetensors"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+/// CRC-32 (PNG's, polynomial 0xEDB88320) of `bytes`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

@@ -72,6 +72,7 @@ fn killed_runs_lose_nothing_and_resume_to_the_same_weights() {
     let dir = tmp.path().join("killed");
     let out = dir.to_str().unwrap();
     let (mut lost, mut taken_over, mut resumed) = (0, 0, 0);
+    let mut logs = Vec::new();
     for i in 0..kills {
         let mut args = run_args(data, out, steps);
         args.push("--resume");
@@ -88,6 +89,7 @@ fn killed_runs_lose_nothing_and_resume_to_the_same_weights() {
         let _ = child.kill(); // SIGKILL
         let done = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&done.stderr);
+        logs.push(format!("--- kill {i} after {ms} ms\n{err}"));
         assert!(!err.contains("panicked"), "{err}");
         taken_over += err.contains("is taken over") as usize;
         resumed += err.contains("resuming from") as usize;
@@ -119,9 +121,18 @@ fn killed_runs_lose_nothing_and_resume_to_the_same_weights() {
         weights(&reference.join("last.safetensors")),
         "the resumed run's weights differ from the uninterrupted run's"
     );
+    let best_step = |d: &Path| metadata(&d.join("best.safetensors"))["global_step"].clone();
+    if weights(&dir.join("best.safetensors")) != weights(&reference.join("best.safetensors")) {
+        // Kept for a look: every killed run's log, and both folders.
+        std::fs::write(tmp.path().join("kills.log"), logs.join("\n")).unwrap();
+        eprintln!("kept {}", tmp.keep().display());
+    }
     assert_eq!(
         weights(&dir.join("best.safetensors")),
-        weights(&reference.join("best.safetensors"))
+        weights(&reference.join("best.safetensors")),
+        "best: step {} after the kills, {} uninterrupted",
+        best_step(&dir),
+        best_step(&reference)
     );
     assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
 }

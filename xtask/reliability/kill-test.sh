@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DENOISE_KILLS="${1:-300}" cargo test -p denoise-cli --test e2e \
     reliability::killed_runs_lose_nothing_and_resume_to_the_same_weights -- --nocapture 2>&1 |
-    grep -E "kills tried|test result|panicked|FAILED|did not load|differ"
+    grep -E "kills tried|test result|panicked|FAILED|did not load|differ|best: step"

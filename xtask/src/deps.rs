@@ -5,7 +5,9 @@
 //! line ``**Never depends on**: `a`, `b`, ...`` (or "any other crate of the workspace"). A
 //! package that depends on a forbidden one, directly or through any chain of dependencies
 //! (normal, build or dev), breaks the rule; so does a workspace library crate that the map
-//! does not describe.
+//! does not describe. It also checks the rule that no file imports a file that imports it
+//! back: within each crate, two source files that name each other through `crate::` paths
+//! (outside tests and comments) are an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -183,6 +185,66 @@ pub fn violations(graph: &Graph, rules: &Rules) -> Vec<String> {
     out
 }
 
+/// The modules that `source` names through `crate::` paths (`crate::a::b`, `crate::{a, b}`),
+/// outside comments and its `#[cfg(test)] mod tests`.
+pub fn crate_refs(source: &str) -> BTreeSet<String> {
+    let code = source
+        .split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
+    let code: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for part in code.split("crate::").skip(1) {
+        if let Some(group) = part.strip_prefix('{') {
+            let inner = group.split('}').next().unwrap_or_default();
+            for item in inner.split(',') {
+                out.insert(ident(item.trim()));
+            }
+        } else {
+            out.insert(ident(part));
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// Pairs of files of one crate's `src` folder that import each other (`a.rs <-> b.rs`), leaving
+/// out `lib.rs` and `main.rs`, which declare the modules.
+pub fn mutual_imports(src: &Path) -> Result<Vec<String>> {
+    let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(src).with_context(|| src.display().to_string())? {
+        let path = e?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|x| x == "rs") && stem != "lib" && stem != "main" {
+            let text = std::fs::read_to_string(&path)?;
+            refs.insert(stem.to_string(), crate_refs(&text));
+        }
+    }
+    let mut out = Vec::new();
+    for (a, names) in &refs {
+        for b in names {
+            if a < b && refs.get(b).is_some_and(|r| r.contains(a)) {
+                out.push(format!(
+                    "{}: {a}.rs and {b}.rs import each other",
+                    src.display()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `cargo xtask deps`.
 pub fn check(root: &Path) -> Result<()> {
     let graph = Graph::load(root)?;
@@ -191,7 +253,16 @@ pub fn check(root: &Path) -> Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let members: BTreeSet<String> = graph.members.keys().cloned().collect();
     let rules = rules(&text, &members).with_context(|| path.display().to_string())?;
-    let broken = violations(&graph, &rules);
+    let mut broken = violations(&graph, &rules);
+    let mut srcs: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("crates"))?
+        .filter_map(|e| Some(e.ok()?.path().join("src")))
+        .filter(|p| p.is_dir())
+        .collect();
+    srcs.push(root.join("xtask/src"));
+    srcs.sort();
+    for src in &srcs {
+        broken.extend(mutual_imports(src)?);
+    }
     for (pkg, forbidden) in &rules {
         let names: Vec<&str> = forbidden.iter().map(String::as_str).collect();
         println!("{pkg}: never {}", names.join(", "));
@@ -203,7 +274,11 @@ pub fn check(root: &Path) -> Result<()> {
             broken.join("\n  ")
         );
     }
-    println!("all {} rules hold", rules.len());
+    println!(
+        "all {} rules hold; no two files of {} source folders import each other",
+        rules.len(),
+        srcs.len()
+    );
     Ok(())
 }
 
@@ -251,6 +326,23 @@ mod tests {
             &members.map(String::from).into()
         )
         .is_err());
+    }
+
+    #[test]
+    fn imports_are_read_from_crate_paths_outside_comments_and_tests() {
+        let src =
+            "use crate::a::{X, Y};\nuse crate::{b, c::Z};\n// crate::d\nfn f() { crate::e::g() }\n\
+                   #[cfg(test)]\nmod tests {\n    use crate::h;\n}\n";
+        let want: BTreeSet<String> = ["a", "b", "c", "e"].map(String::from).into();
+        assert_eq!(crate_refs(src), want);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.rs"), "use crate::b::X;").unwrap();
+        std::fs::write(dir.path().join("b.rs"), "fn f() { crate::a::y() }").unwrap();
+        std::fs::write(dir.path().join("c.rs"), "use crate::a;").unwrap();
+        std::fs::write(dir.path().join("lib.rs"), "pub use crate::c;").unwrap();
+        let pairs = mutual_imports(dir.path()).unwrap();
+        assert_eq!(pairs.len(), 1, "{pairs:?}");
+        assert!(pairs[0].ends_with("a.rs and b.rs import each other"));
     }
 
     /// The workspace itself keeps the rules of its map: a forbidden dependency fails CI here.

@@ -202,7 +202,9 @@ fn remove_stale_temporaries(out_dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = [BEST, LAST].iter().any(|f| name.starts_with(&format!(".{f}.")));
+        let ours = [BEST, LAST]
+            .iter()
+            .any(|f| name.starts_with(&format!(".{f}.")));
         if ours && name.ends_with(".tmp") && std::fs::remove_file(e.path()).is_ok() {
             tracing::info!(
                 "{}: removed a half-written temporary file of an interrupted run",
