@@ -419,16 +419,7 @@ fn hostile_files_are_clear_errors() {
         ],
         vec!["estimate", "--image", &t("huge.png")],
     ] {
-        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "ulimit -v 4194304; exec '{}' {}",
-                env!("CARGO_BIN_EXE_denoise"),
-                quoted.join(" ")
-            ))
-            .output()
-            .unwrap();
+        let out = under_ulimit("-v 4194304", &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(

@@ -24,6 +24,21 @@ pub fn ok(args: &[&str]) -> String {
     text
 }
 
+/// Runs `denoise args` under bash's `ulimit LIMIT` (`-f KIB`: a file-size limit; `-v KIB`: an
+/// address-space limit).
+pub fn under_ulimit(limit: &str, args: &[&str]) -> Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit {limit}; exec '{}' {}",
+            env!("CARGO_BIN_EXE_denoise"),
+            quoted.join(" ")
+        ))
+        .output()
+        .expect("run denoise under bash")
+}
+
 /// Runs a command that must fail; returns its stderr.
 pub fn fails(args: &[&str]) -> String {
     let out = denoise(args);

@@ -137,20 +137,6 @@ fn killed_runs_lose_nothing_and_resume_to_the_same_weights() {
     assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
 }
 
-/// Runs `denoise args` under a file-size limit of `kib` KiB (bash's `ulimit -f`).
-fn with_file_limit(kib: usize, args: &[&str]) -> std::process::Output {
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f {kib}; exec '{}' {}",
-            env!("CARGO_BIN_EXE_denoise"),
-            quoted.join(" ")
-        ))
-        .output()
-        .unwrap()
-}
-
 /// A write that the disk cannot take (here a file-size limit): training stops with an error
 /// that names the file and its size, the last good checkpoint is kept as it was and no
 /// temporary file is left; `generate` leaves no half-written image.
@@ -167,7 +153,7 @@ fn a_full_disk_is_a_clear_error_and_the_last_checkpoint_is_kept() {
     assert!(before.len() > 200 << 10, "{} bytes", before.len());
     let mut args = run_args(data, out, "4");
     args.push("--resume");
-    let run = with_file_limit(200, &args);
+    let run = under_ulimit("-f 200", &args);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{err}");
     assert!(
@@ -185,8 +171,8 @@ fn a_full_disk_is_a_clear_error_and_the_last_checkpoint_is_kept() {
     let noisy = tmp.path().join("noisy.png");
     write_png(&noisy, 3, 300, 200);
     let clean = tmp.path().join("clean.png");
-    let run = with_file_limit(
-        8,
+    let run = under_ulimit(
+        "-f 8",
         &[
             "generate",
             "--image",

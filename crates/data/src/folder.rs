@@ -22,15 +22,43 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// How deep image folders are searched. Deeper folders, and folders reached again through a
+/// link (a loop), are not entered: without the bounds a link to a parent folder would recurse
+/// until the stack overflows.
+pub const MAX_DEPTH: usize = 32;
+
+/// The folders entered so far (canonical paths), to enter each once.
+type Seen = std::collections::HashSet<PathBuf>;
+
+/// Whether `dir` is new to `seen` (and now in it) and no deeper than [`MAX_DEPTH`].
+fn enter(dir: &Path, depth: usize, seen: &mut Seen) -> bool {
+    if depth > MAX_DEPTH {
+        tracing::warn!(
+            "{}: more than {MAX_DEPTH} folders deep, not searched for images",
+            dir.display()
+        );
+        return false;
+    }
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    seen.insert(real)
+}
+
 /// True when `dir` holds at least one image file, at any depth.
 pub fn has_images(dir: &Path) -> bool {
+    has_images_in(dir, 0, &mut Seen::new())
+}
+
+fn has_images_in(dir: &Path, depth: usize, seen: &mut Seen) -> bool {
+    if !enter(dir, depth, seen) {
+        return false;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return false;
     };
     rd.flatten().any(|e| {
         let p = e.path();
         if p.is_dir() {
-            has_images(&p)
+            has_images_in(&p, depth + 1, seen)
         } else {
             is_image(&p)
         }
@@ -47,17 +75,26 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// All image files under `dir`, recursively, sorted by path.
+/// All image files under `dir`, recursively (each folder once, at most [`MAX_DEPTH`] deep),
+/// sorted by path.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    list_images_in(dir, 0, &mut Seen::new(), &mut out)?;
+    Ok(out)
+}
+
+fn list_images_in(dir: &Path, depth: usize, seen: &mut Seen, out: &mut Vec<PathBuf>) -> Result<()> {
+    if !enter(dir, depth, seen) {
+        return Ok(());
+    }
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            out.extend(list_images(&p)?);
+            list_images_in(&p, depth + 1, seen, out)?;
         } else if is_image(&p) {
             out.push(p);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `(class name, files)` for a folder: one class per subfolder, or one class for a flat folder.
@@ -451,4 +488,34 @@ pub fn load_splits(dir: &Path, opts: &LoadOptions) -> Result<Splits> {
         test,
         train_crops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link back to a parent folder (a loop) and a tree deeper than [`MAX_DEPTH`]: each folder
+    /// is searched once, the deep end is left out, and nothing recurses without end.
+    #[cfg(unix)]
+    #[test]
+    fn link_loops_and_deep_trees_are_searched_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("photos");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        image::RgbImage::new(8, 8)
+            .save(root.join("a/x.png"))
+            .unwrap();
+        std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+        let found = list_images(&root).unwrap();
+        assert_eq!(found, vec![root.join("a/x.png")]);
+        assert!(has_images(&root));
+        let mut deep = dir.path().join("deep");
+        for _ in 0..MAX_DEPTH + 3 {
+            deep = deep.join("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        image::RgbImage::new(8, 8).save(deep.join("y.png")).unwrap();
+        assert!(list_images(&dir.path().join("deep")).unwrap().is_empty());
+        assert!(!has_images(&dir.path().join("deep")));
+    }
 }

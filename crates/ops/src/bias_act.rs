@@ -5,7 +5,7 @@
 //! layer. Here it is one pass forward and one backward (the masked gradient and the bias
 //! gradient together). On the CPU the loops below; on CUDA (feature `cuda`) the kernels of
 //! `kernels/bias_act.cu`, the same arithmetic. The device convolutions use it
-//! ([`crate::layers::device_conv`], [`crate::layers::cudnn_conv`]), and `ConvTranspose2x2`
+//! ([`crate::conv::device_conv`], [`crate::conv::cudnn_conv`]), and `ConvTranspose2x2`
 //! everywhere; the CPU convolution fuses bias and ReLU into its own kernels.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};

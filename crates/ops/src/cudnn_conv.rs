@@ -7,7 +7,7 @@
 //! graph (which gradient goes where, with which shape) is tested on machines without a GPU; on the
 //! GPU, `denoise selftest --device cuda` checks the cuDNN results against the CPU's. The cuDNN
 //! calls exist only with the `cudnn` feature: without it, [`conv`] on CUDA is an error, and
-//! [`crate::layers::Conv2d`] does not call it.
+//! [`crate::conv::conv2d`] does not call it.
 //!
 //! Math mode: plain FMA (true f32) unless candle's f32 matrix products may use TF32
 //! (`denoise --tf32`), as PyTorch's `torch.backends.cudnn.allow_tf32`. bf16 and f16 data are

@@ -10,7 +10,7 @@
 //! maximum ([`pool::max_pool2x2`]; candle's passes a quarter of it); bias + activation
 //! ([`bias_act`]) and 2x average pooling / nearest upsampling ([`resample`]) with one-pass
 //! backwards. With the `cuda` feature the same ops run our CUDA kernels (`kernels/*.cu`,
-//! [`cuda_kernels`]), with `cudnn` the convolutions go through cuDNN for all three passes
+//! `cuda_kernels`), with `cudnn` the convolutions go through cuDNN for all three passes
 //! ([`cudnn_conv`]). Every op is tested against the same function built from candle's own ops,
 //! forward and every gradient, in f64 where possible. It depends on candle only: it knows
 //! nothing of networks, checkpoints, datasets or training.

@@ -198,7 +198,8 @@ macro_rules! simd_fn {
 }
 
 /// `U = G g Gᵀ` for every kernel of `w` (`(c_out, c_in, 3, 3)`): the transformed kernels that
-/// [`forward_with`] and [`backward_with`] take, so that a caller can compute them once for both.
+/// [`crate::winograd::forward_with`] and [`crate::winograd::backward_with`] take, so that a
+/// caller can compute them once for both.
 pub fn transform_kernels<T: Float>(s: &ConvShape, w: &[T]) -> Vec<T> {
     let (ci, co) = (s.c_in, s.c_out);
     let us = point_stride(co * ci);

@@ -194,15 +194,16 @@ fn take_over(file: &mut std::fs::File, path: &Path) -> Result<()> {
     write!(file, "{}", std::process::id()).map_err(io_err(path))
 }
 
-/// Removes the temporary files of checkpoint writes (`.best.safetensors.PID.tmp`) that a killed
-/// run left behind; only called with the folder's lock held, so no write is in progress.
+/// Removes the temporary files of checkpoint and plot writes (`.best.safetensors.PID.tmp`) that
+/// a killed run left behind; only called with the folder's lock held, so no write is in
+/// progress.
 fn remove_stale_temporaries(out_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(out_dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = [BEST, LAST]
+        let ours = [BEST, LAST, PLOT]
             .iter()
             .any(|f| name.starts_with(&format!(".{f}.")));
         if ours && name.ends_with(".tmp") && std::fs::remove_file(e.path()).is_ok() {
