@@ -205,6 +205,33 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// The fuzz targets' bodies (`fuzz/`, a workspace of its own so that libFuzzer stays out
+    /// of the main build) build on stable and run on their seeds; `cargo fuzz run NAME` on
+    /// nightly runs the same bodies under libFuzzer (`docs/reliability.md`).
+    #[test]
+    fn fuzz_bodies_build_and_run_on_their_seeds() {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target"));
+        let out = cargo()
+            .env("CARGO_TARGET_DIR", target)
+            .args([
+                "test",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--no-default-features",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Each of xtask's own tasks has its help, and every option its parser accepts is in it.
     #[test]
     fn every_task_documents_its_options() {

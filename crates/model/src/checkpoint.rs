@@ -126,8 +126,17 @@ impl Checkpoint {
             path: p.clone(),
             source,
         })?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            let what = match other_format(&bytes) {
+        Self::from_bytes(&bytes, &p)
+    }
+
+    /// A checkpoint from the bytes of a file named `path` (for the errors): what [`load`]
+    /// checks, without the file. Nothing in the bytes is executed or followed.
+    ///
+    /// [`load`]: Checkpoint::load
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
+        let p = path.to_string();
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+            let what = match other_format(bytes) {
                 Some(kind) => format!(
                     "{kind}, not a safetensors file: denoise reads only its own safetensors \
                      checkpoints (nothing in a file is ever executed or unpickled)"
@@ -150,7 +159,7 @@ impl Checkpoint {
                 "a safetensors file, but not a denoise checkpoint (no `denoise.format` metadata)",
             )),
         }
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| bad(&p, format!("cannot read tensors: {e}")))?
             .into_iter()
             .collect();

@@ -158,13 +158,19 @@ impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
+        let json = path.extension().is_some_and(|e| e == "json");
+        Self::from_text(&text, json, &path.display().to_string())
+    }
+
+    /// Parses the text of a JSON (`json`) or TOML configuration file named `origin` (for the
+    /// errors) and validates it.
+    pub fn from_text(text: &str, json: bool, origin: &str) -> Result<Self> {
+        let parsed = if json {
+            serde_json::from_str(text).map_err(|e| e.to_string())
         } else {
-            toml::from_str(&text).map_err(|e| e.to_string())
+            toml::from_str(text).map_err(|e| e.to_string())
         };
-        let cfg: Self =
-            parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let cfg: Self = parsed.map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
