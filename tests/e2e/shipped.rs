@@ -203,12 +203,30 @@ fn photos_of_any_size_get_the_photo_model() {
     let path = shipped_model("cond-unet-photos.safetensors", 40_000_000);
     let train = metadata(&path);
     assert!(train["elapsed_secs"].as_f64().unwrap() > 0.0);
+    // Fine-tuned in stages from the CIFAR-10 model: each stage's recipe and time are recorded.
     assert_eq!(
         train["config"]["init_from"],
+        "models/cond-unet-photos.safetensors"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let lineage: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["denoise.lineage"]).unwrap();
+    let stages = lineage.as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{lineage}");
+    assert_eq!(
+        stages[1]["checkpoint"],
         "models/cond-unet-cifar10.safetensors"
     );
+    assert!(stages
+        .iter()
+        .all(|s| s["elapsed_secs"].as_f64().unwrap() > 0.0));
     let text = ok(&["info", path.to_str().unwrap()]);
     assert!(text.contains("| 25 | true sigma |"), "{text}");
+    assert!(
+        text.contains("which from models/cond-unet-cifar10.safetensors"),
+        "{text}"
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");

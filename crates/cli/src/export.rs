@@ -44,6 +44,10 @@ pub fn run(mut a: ExportArgs) -> Result<()> {
     out.set_model(&model)?;
     if let Some(train) = ckpt.metadata.get("denoise.train") {
         out.metadata.insert("denoise.train".into(), train.clone());
+        if let Some(lineage) = lineage(train)? {
+            out.metadata
+                .insert("denoise.lineage".into(), lineage.to_string());
+        }
     }
     if let Some(path) = &a.eval_json {
         let text = std::fs::read_to_string(path)
@@ -78,4 +82,45 @@ pub fn run(mut a: ExportArgs) -> Result<()> {
         size as f64 / 1e6
     );
     Ok(())
+}
+
+/// The earlier stages of a fine-tuned model (`init_from`): for the checkpoint its training
+/// started from, that checkpoint's recipe, training time and steps, then its own earlier
+/// stages, oldest last; read at export time, since the file may be replaced later (a shipped
+/// model fine-tuned into its own successor). `None` for a model trained from scratch.
+fn lineage(train: &str) -> Result<Option<serde_json::Value>> {
+    lineage_at(train, 0)
+}
+
+/// [`lineage`], `depth` stages back.
+fn lineage_at(train: &str, depth: usize) -> Result<Option<serde_json::Value>> {
+    let state: serde_json::Value =
+        serde_json::from_str(train).context("the checkpoint's training state is not JSON")?;
+    let Some(from) = state["config"]["init_from"].as_str() else {
+        return Ok(None);
+    };
+    let ckpt = denoise_model::Checkpoint::load(std::path::Path::new(from)).with_context(|| {
+        format!("the run started from {from} (init_from), which must be there to record its stage")
+    })?;
+    let mut stages = vec![serde_json::json!({ "checkpoint": from })];
+    if let Some(t) = ckpt.metadata.get("denoise.train") {
+        let s: serde_json::Value = serde_json::from_str(t).unwrap_or_default();
+        stages[0]["config"] = s["config"].clone();
+        stages[0]["elapsed_secs"] = s["elapsed_secs"].clone();
+        stages[0]["global_step"] = s["global_step"].clone();
+        stages[0]["images_seen"] = s["images_seen"].clone();
+    }
+    let earlier = match (
+        ckpt.metadata.get("denoise.lineage"),
+        ckpt.metadata.get("denoise.train"),
+    ) {
+        (Some(stored), _) => serde_json::from_str(stored).ok(),
+        // A checkpoint exported before lineages were recorded: follow its own init_from.
+        (None, Some(t)) if depth < 16 => lineage_at(t, depth + 1)?,
+        _ => None,
+    };
+    if let Some(serde_json::Value::Array(more)) = earlier {
+        stages.extend(more);
+    }
+    Ok(Some(serde_json::Value::Array(stages)))
 }

@@ -95,6 +95,7 @@ fn describe(path: &Path, ckpt: &Checkpoint) -> Result<Value> {
         "adam_step": ckpt.metadata.get("denoise.adam_step").and_then(|s| s.parse::<u64>().ok()),
         "train": train,
         "eval": parse("denoise.eval")?,
+        "lineage": parse("denoise.lineage")?,
     }))
 }
 
@@ -185,6 +186,17 @@ fn text(v: &Value) -> String {
     });
     if !v["train"].is_null() {
         lines.extend(training_lines(&v["train"]));
+    }
+    for (i, stage) in v["lineage"].as_array().into_iter().flatten().enumerate() {
+        lines.push(format!(
+            "started     {} from {}: {} steps, {} images, {:.0} s; recipe {}",
+            if i == 0 { "this run" } else { "which" },
+            stage["checkpoint"].as_str().unwrap_or("?"),
+            stage["global_step"],
+            stage["images_seen"],
+            stage["elapsed_secs"].as_f64().unwrap_or(0.0),
+            entries(&stage["config"], &[])
+        ));
     }
     if let Some(results) = v["eval"].get("results") {
         match serde_json::from_value::<Vec<EvalResult>>(results.clone()) {
